@@ -1,0 +1,4 @@
+from dstune.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The run config: one small pydantic model per YAML section.
+
+Every field carries its help text; unknown keys are errors (``extra="forbid"``), and the
+few defaults that depend on another section (the learning rate depends on the method) are
+resolved in :meth:`RunConfig._resolve_defaults`, so the saved ``config.yaml`` holds every value
+that the run actually used.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    """Which model to fine-tune and how to load it."""
+
+    name: str = Field(
+        description="Hub id (deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B), a short alias from "
+        "`dstune.models.registry`, a local directory in Hugging Face format, or a .gguf file."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto keeps the checkpoint's dtype (float32 on CPU)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run modelling code shipped with the checkpoint. Off unless you trust it."
+    )
+    attn_implementation: str | None = Field(
+        None, description="eager | sdpa | flash_attention_2; None lets transformers choose."
+    )
+
+
+class TaskSection(Section):
+    """What the model learns."""
+
+    type: Literal["sft"] = Field("sft", description="sft: causal-LM supervised fine-tuning.")
+
+
+class DataSection(Section):
+    """Where the examples come from and how they become token sequences."""
+
+    train: str = Field(description="Training data: .jsonl/.json/.csv/.parquet file or HF dataset name.")
+    validation: str | None = Field(None, description="Validation data; if unset, `eval_split` of train.")
+    eval_split: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Fraction of train held out for validation when no file is given."
+    )
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "text"] = Field(
+        "auto", description="Row format; auto detects it from the first row's keys."
+    )
+    max_length: int = Field(1024, gt=8, description="Tokens per example; longer rows are truncated and counted.")
+    max_samples: int | None = Field(None, gt=0, description="Use only the first N training rows.")
+    chat_template: str | None = Field(
+        None, description="None: the tokenizer's own template; 'chatml'; or a Jinja template string."
+    )
+    system_prompt: str | None = Field(None, description="System message added to rows that have none.")
+    think_history: Literal["strip", "keep"] = Field(
+        "strip",
+        description="<think> blocks of earlier assistant turns: 'strip' renders them as the chat template "
+        "does at inference (DeepSeek-R1 drops them); 'keep' trains on them too. The last turn always keeps its.",
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="fail: stop at malformed rows; skip: write them to rejected.jsonl and go on."
+    )
+
+
+class MethodSection(Section):
+    """How weights are updated: full, lora, qlora or freeze."""
+
+    type: Literal["full", "lora", "qlora", "freeze"] = Field("lora", description="Fine-tuning method.")
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="LoRA dropout.")
+    targets: list[str] | Literal["auto", "all-linear"] = Field(
+        "auto",
+        description="Module names to adapt; auto uses the architecture's defaults (see dstune.models.registry).",
+    )
+    trainable_layers: int = Field(2, gt=0, description="freeze: number of last decoder layers to train.")
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    bits: Literal[4, 8] = Field(4, description="qlora: quantisation bits (bitsandbytes).")
+
+
+class TrainingSection(Section):
+    """Optimisation, evaluation and checkpointing (mapped onto transformers.TrainingArguments)."""
+
+    epochs: float = Field(3.0, gt=0, description="Training epochs (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps; -1 means use epochs.")
+    learning_rate: float | None = Field(
+        None, gt=0, description="Peak learning rate; default 2e-4 for lora/qlora, 1e-5 for full/freeze."
+    )
+    batch_size: int = Field(4, gt=0, description="Examples per device per step.")
+    eval_batch_size: int | None = Field(None, gt=0, description="Defaults to batch_size.")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    lr_scheduler: str = Field("cosine", description="Any transformers scheduler name.")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps for linear warmup.")
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping; 0 disables it.")
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Override every dropout in the model config and the LoRA dropout."
+    )
+    eval_strategy: Literal["steps", "epoch", "no"] = Field("epoch")
+    eval_steps: int | None = Field(None, gt=0, description="With eval_strategy=steps; defaults to save_steps.")
+    save_strategy: Literal["steps", "epoch", "no"] = Field("epoch")
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int | None = Field(2, gt=0, description="Checkpoints kept (the best one is always kept).")
+    logging_steps: int = Field(10, gt=0)
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="Evaluations without improvement before stopping; null disables early stopping."
+    )
+    metric_for_best: str = Field("eval_loss", description="Metric that picks the best checkpoint.")
+    greater_is_better: bool | None = Field(None, description="Defaults to False for *loss metrics, else True.")
+    gradient_checkpointing: bool = Field(False)
+    seed: int = Field(42)
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        from transformers import SchedulerType
+
+        names = [s.value for s in SchedulerType]
+        if value not in names:
+            raise ValueError(f"unknown scheduler {value!r}; choose one of {', '.join(names)}")
+        return value
+
+
+class MlflowSection(Section):
+    enabled: bool = Field(True, description="Log to MLflow (embedded SQLite store, no server needed).")
+    tracking_uri: str | None = Field(
+        None, description="Default: sqlite:///<parent of output_dir>/mlflow.db. Set to use a server."
+    )
+    experiment: str = Field("dstune")
+    run_name: str | None = Field(None, description="Defaults to the output directory's name.")
+
+
+class TrackingSection(Section):
+    mlflow: MlflowSection = MlflowSection()
+    tensorboard: bool = Field(False, description="Also write TensorBoard logs to <output_dir>/tensorboard.")
+    wandb: bool = Field(False, description="Also log to Weights & Biases (needs `wandb login`).")
+
+
+class RunConfig(Section):
+    """The whole run: one YAML file."""
+
+    model: ModelSection
+    task: TaskSection = TaskSection()
+    data: DataSection
+    method: MethodSection = MethodSection()
+    training: TrainingSection = TrainingSection()
+    tracking: TrackingSection = TrackingSection()
+    output_dir: str = Field(description="Run directory (created).")
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> RunConfig:
+        training = self.training
+        if training.learning_rate is None:
+            training.learning_rate = 2e-4 if self.method.type in ("lora", "qlora") else 1e-5
+        if training.greater_is_better is None:
+            training.greater_is_better = not training.metric_for_best.endswith("loss")
+        if training.eval_batch_size is None:
+            training.eval_batch_size = training.batch_size
+        if training.eval_strategy == "steps" and training.eval_steps is None:
+            training.eval_steps = training.save_steps
+        if "save_strategy" not in training.model_fields_set and training.eval_strategy != "no":
+            training.save_strategy = training.eval_strategy
+        if "save_steps" not in training.model_fields_set and training.eval_steps is not None:
+            training.save_steps = training.eval_steps
+        if training.dropout is not None:
+            self.method.dropout = training.dropout
+        if self.data.validation is None and self.data.eval_split == 0.0:
+            training.eval_strategy = "no"  # nothing to evaluate on
+        if training.eval_strategy == "no" and "early_stopping_patience" not in training.model_fields_set:
+            training.early_stopping_patience = None
+        if training.early_stopping_patience and training.eval_strategy == "no":
+            raise ValueError(
+                "training.early_stopping_patience needs evaluation: set training.eval_strategy "
+                "or training.early_stopping_patience: null"
+            )
+        if training.early_stopping_patience and training.eval_strategy != training.save_strategy:
+            raise ValueError(
+                "early stopping keeps the best checkpoint, so training.save_strategy must equal "
+                f"training.eval_strategy (got {training.save_strategy!r} and {training.eval_strategy!r})"
+            )
+        return self

@@ -74,6 +74,7 @@ def tiny_deepseek_v3_config(vocab_size: int, **overrides):
         v_head_dim=16,
         max_position_embeddings=512,
         tie_word_embeddings=False,
+        initializer_range=0.2,  # logits of a useful scale, so that LoRA on a random model can learn
     )
     kwargs.update(overrides)
     return DeepseekV3Config(**kwargs)
@@ -91,6 +92,7 @@ def tiny_llama_config(vocab_size: int, **overrides):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
+        initializer_range=0.2,
     )
     kwargs.update(overrides)
     return LlamaConfig(**kwargs)

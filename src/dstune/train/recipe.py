@@ -1,0 +1,187 @@
+"""The training recipe: setup → measure → train → measure → save. One path for every method.
+
+Reads top to bottom. The Hugging Face Trainer does the loop, checkpointing, resume (optimizer,
+scheduler, RNG and data position), early stopping and the tracking integrations; dstune adds the
+validated config, the data pipeline, adapter verification and an honest run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dstune.config.schema import RunConfig
+from dstune.train.history import HistoryCallback, plot_losses, read_history, truncate_history
+from dstune.train.rundir import RunDir, replace_dir, write_json_atomic
+from dstune.train.tracking import log_summary, report_to, tracking_run, ui_command
+
+TRAIN_SAMPLE_SIZE = 64  # training examples re-evaluated before and after training (train loss before/after)
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    weights_dir: Path
+    metrics: dict
+    data_stats: dict
+    adapter_report: dict
+    plots: list[Path] = field(default_factory=list)
+    mlflow_ui: str | None = None
+    model: object = field(default=None, repr=False)  # the trained model, in memory (best checkpoint if kept)
+
+
+def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
+    from dstune.data.sft import prepare_sft_data
+    from dstune.models.adapters import apply_method
+    from dstune.models.load import check_method_environment, load_causal_lm, load_tokenizer, resolve_source
+
+    started = time.time()
+    # -- setup: fail on anything user-fixable before the heavy work starts
+    check_method_environment(config.method)
+    run = RunDir(Path(config.output_dir))
+    checkpoint = run.prepare(config, resume)
+    source = resolve_source(config.model)
+    tokenizer = load_tokenizer(config.model, source)
+    data = prepare_sft_data(config.data, tokenizer, run.root, seed=config.training.seed)
+    log(f"data: {data.stats['rows_train']} train / {data.stats['rows_eval']} eval rows "
+        f"({data.stats['rows_rejected']} rejected, {data.stats['truncated']} truncated to {config.data.max_length})")
+    model = load_causal_lm(config.model, config.method, config.training.dropout, source)
+    model, report = apply_method(model, config.method)
+    write_json_atomic(run.params_report, report.to_dict())
+    log(report.table())
+    trainer = _build_trainer(config, model, tokenizer, data, run)
+
+    with tracking_run(config, run.root, trainer.is_world_process_zero()) as mlflow_run:
+        # -- measure the starting point (kept on disk so that a resumed run still reports it)
+        if checkpoint is None:
+            baseline = _measure(trainer, data, "before")
+            if trainer.is_world_process_zero():
+                write_json_atomic(run.baseline, baseline)
+        else:
+            baseline = json.loads(run.baseline.read_text()) if run.baseline.exists() else {}
+            truncate_history(run.history, _step_of(checkpoint))
+            log(f"resuming from {checkpoint}")
+        # -- train
+        outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        # -- measure again and save (metrics.json last: its presence marks the run complete)
+        final = _measure(trainer, data, "after")
+        metrics = {
+            **baseline,
+            **final,
+            "train_loss": outcome.training_loss,
+            "global_step": trainer.state.global_step,
+            "epoch": trainer.state.epoch,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "train_runtime_s": outcome.metrics.get("train_runtime"),
+            "wall_time_s": round(time.time() - started, 1),
+            **{f"data_{k}": v for k, v in data.stats.items() if isinstance(v, int)},
+        }
+        weights = run.weights_dir(config.method.type)
+        plots: list[Path] = []
+        if trainer.is_world_process_zero():
+            weights = _save_weights(trainer, tokenizer, weights)
+            plot = plot_losses(read_history(run.history), run.plots / "loss.png")
+            plots = [plot] if plot else []
+            write_json_atomic(run.metrics, metrics)
+            log_summary(mlflow_run, run.config, metrics)
+    return TrainResult(
+        run=run,
+        weights_dir=weights,
+        metrics=metrics,
+        data_stats=data.stats,
+        adapter_report=report.to_dict(),
+        plots=plots,
+        mlflow_ui=ui_command(config, run.root) if config.tracking.mlflow.enabled else None,
+        model=trainer.model,
+    )
+
+
+def _build_trainer(config: RunConfig, model, tokenizer, data, run: RunDir):
+    import torch
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments
+
+    t = config.training
+    has_eval = data.eval is not None and t.eval_strategy != "no"
+    args = TrainingArguments(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        eval_strategy=t.eval_strategy if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        load_best_model_at_end=bool(t.early_stopping_patience) and has_eval,
+        metric_for_best_model=t.metric_for_best if has_eval else None,
+        greater_is_better=t.greater_is_better if has_eval else None,
+        gradient_checkpointing=t.gradient_checkpointing,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=torch.cuda.is_available() and config.model.dtype == "bfloat16",
+        fp16=torch.cuda.is_available() and config.model.dtype == "float16",
+        report_to=report_to(config),
+        run_name=config.tracking.mlflow.run_name or run.root.name,
+        label_names=["labels"],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    callbacks = [HistoryCallback(run.history)]
+    if t.early_stopping_patience and has_eval:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    tokenizer.padding_side = "right"
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval if has_eval else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+def _measure(trainer, data, when: str) -> dict:
+    """Mean token loss on the eval set and on a fixed sample of the training set.
+
+    Early stopping is detached meanwhile: these evaluations are measurements, not training decisions.
+    """
+    from transformers import EarlyStoppingCallback
+
+    stopper = trainer.pop_callback(EarlyStoppingCallback)
+    out = {}
+    sample = data.train.select(range(min(TRAIN_SAMPLE_SIZE, len(data.train))))
+    out[f"train_loss_{when}"] = trainer.evaluate(sample, metric_key_prefix=f"train_sample_{when}")[
+        f"train_sample_{when}_loss"
+    ]
+    if data.eval is not None:
+        out[f"eval_loss_{when}"] = trainer.evaluate(data.eval, metric_key_prefix=f"eval_{when}")[f"eval_{when}_loss"]
+    if stopper is not None:
+        trainer.add_callback(stopper)
+    return out
+
+
+def _save_weights(trainer, tokenizer, final: Path) -> Path:
+    """Write the adapter (PEFT format) or full model (safetensors) with the tokenizer, then move it into place."""
+    tmp = final.with_name(f".{final.name}.partial")
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    replace_dir(tmp, final)
+    return final
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1])

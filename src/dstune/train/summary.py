@@ -1,0 +1,38 @@
+"""The short report printed at the end of `dstune train`."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from dstune.train.recipe import TrainResult
+
+
+def print_summary(result: TrainResult, console: Console) -> None:
+    m = result.metrics
+    table = Table(title="dstune train: summary", show_header=True, header_style="bold")
+    table.add_column("loss")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("change", justify="right")
+    for split in ("train", "eval"):
+        before, after = m.get(f"{split}_loss_before"), m.get(f"{split}_loss_after")
+        if before is None or after is None:
+            continue
+        change = (after - before) / before * 100 if before else 0.0
+        colour = "green" if after < before else "red"
+        table.add_row(f"{split} loss", f"{before:.4f}", f"{after:.4f}", f"[{colour}]{change:+.1f}%[/]")
+    console.print(table)
+    report = result.adapter_report
+    console.print(
+        f"trainable parameters: {report['trainable_params']:,} of {report['total_params']:,} "
+        f"({100 * report['trainable_params'] / max(report['total_params'], 1):.2f}%)"
+    )
+    console.print(f"steps: {m.get('global_step')}  wall time: {m.get('wall_time_s')} s")
+    root = result.run.root
+    console.print(f"weights:  {result.weights_dir}")
+    console.print(f"metrics:  {root / 'metrics.json'}   history: {root / 'history.jsonl'}")
+    for plot in result.plots:
+        console.print(f"plot:     {plot}")
+    if result.mlflow_ui:
+        console.print(f"MLflow:   {result.mlflow_ui}   (then open http://127.0.0.1:5000)")

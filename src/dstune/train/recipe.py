@@ -15,6 +15,8 @@ from pathlib import Path
 from dstune.config.schema import RunConfig
 from dstune.train.history import HistoryCallback, plot_losses, read_history, truncate_history
 from dstune.train.rundir import RunDir, replace_dir, write_json_atomic
+from dstune.train.tasks import TaskParts, build_task
+from dstune.train.trainer import DstuneTrainer
 from dstune.train.tracking import log_summary, report_to, tracking_run, ui_command
 
 TRAIN_SAMPLE_SIZE = 64  # training examples re-evaluated before and after training (train loss before/after)
@@ -33,30 +35,24 @@ class TrainResult:
 
 
 def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
-    from dstune.data.sft import prepare_sft_data
-    from dstune.models.adapters import apply_method
-    from dstune.models.load import check_method_environment, load_causal_lm, load_tokenizer, resolve_source
+    from dstune.models.load import check_method_environment
 
     started = time.time()
     # -- setup: fail on anything user-fixable before the heavy work starts
     check_method_environment(config.method)
     run = RunDir(Path(config.output_dir))
     checkpoint = run.prepare(config, resume)
-    source = resolve_source(config.model)
-    tokenizer = load_tokenizer(config.model, source)
-    data = prepare_sft_data(config.data, tokenizer, run.root, seed=config.training.seed)
-    log(f"data: {data.stats['rows_train']} train / {data.stats['rows_eval']} eval rows "
-        f"({data.stats['rows_rejected']} rejected, {data.stats['truncated']} truncated to {config.data.max_length})")
-    model = load_causal_lm(config.model, config.method, config.training.dropout, source)
-    model, report = apply_method(model, config.method)
-    write_json_atomic(run.params_report, report.to_dict())
-    log(report.table())
-    trainer = _build_trainer(config, model, tokenizer, data, run)
+    parts = build_task(config, run, log)
+    write_json_atomic(run.params_report, parts.adapter_report.to_dict())
+    for note in parts.adapter_report.notes:
+        log(f"[yellow]note:[/] {note}")
+    log(parts.adapter_report.table())
+    trainer = _build_trainer(config, parts, run)
 
     with tracking_run(config, run.root, trainer.is_world_process_zero()) as mlflow_run:
         # -- measure the starting point (kept on disk so that a resumed run still reports it)
         if checkpoint is None:
-            baseline = _measure(trainer, data, "before")
+            baseline = _measure(trainer, parts, "before")
             if trainer.is_world_process_zero():
                 write_json_atomic(run.baseline, baseline)
         else:
@@ -66,7 +62,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         # -- train
         outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         # -- measure again and save (metrics.json last: its presence marks the run complete)
-        final = _measure(trainer, data, "after")
+        final = _measure(trainer, parts, "after")
         metrics = {
             **baseline,
             **final,
@@ -76,12 +72,12 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "train_runtime_s": outcome.metrics.get("train_runtime"),
             "wall_time_s": round(time.time() - started, 1),
-            **{f"data_{k}": v for k, v in data.stats.items() if isinstance(v, int)},
+            **{f"data_{k}": v for k, v in parts.data_stats.items() if isinstance(v, int)},
         }
         weights = run.weights_dir(config.method.type)
         plots: list[Path] = []
         if trainer.is_world_process_zero():
-            weights = _save_weights(trainer, tokenizer, weights)
+            weights = _save_weights(trainer, parts.tokenizer, weights)
             plot = plot_losses(read_history(run.history), run.plots / "loss.png")
             plots = [plot] if plot else []
             write_json_atomic(run.metrics, metrics)
@@ -90,20 +86,20 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         run=run,
         weights_dir=weights,
         metrics=metrics,
-        data_stats=data.stats,
-        adapter_report=report.to_dict(),
+        data_stats=parts.data_stats,
+        adapter_report=parts.adapter_report.to_dict(),
         plots=plots,
         mlflow_ui=ui_command(config, run.root) if config.tracking.mlflow.enabled else None,
         model=trainer.model,
     )
 
 
-def _build_trainer(config: RunConfig, model, tokenizer, data, run: RunDir):
+def _build_trainer(config: RunConfig, parts: TaskParts, run: RunDir) -> DstuneTrainer:
     import torch
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, TrainingArguments
 
     t = config.training
-    has_eval = data.eval is not None and t.eval_strategy != "no"
+    has_eval = parts.eval is not None and t.eval_strategy != "no"
     args = TrainingArguments(
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=t.batch_size,
@@ -141,20 +137,21 @@ def _build_trainer(config: RunConfig, model, tokenizer, data, run: RunDir):
     callbacks = [HistoryCallback(run.history)]
     if t.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    tokenizer.padding_side = "right"
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
-    return Trainer(
-        model=model,
+    return DstuneTrainer(
+        model=parts.model,
         args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval if has_eval else None,
-        data_collator=collator,
-        processing_class=tokenizer,
+        train_dataset=parts.train,
+        eval_dataset=parts.eval if has_eval else None,
+        data_collator=parts.collator,
+        processing_class=parts.tokenizer,
         callbacks=callbacks,
+        compute_metrics=parts.compute_metrics,
+        preprocess_logits_for_metrics=parts.preprocess_logits_for_metrics,
+        loss_hooks=parts.loss_hooks,
     )
 
 
-def _measure(trainer, data, when: str) -> dict:
+def _measure(trainer, parts: TaskParts, when: str) -> dict:
     """Mean token loss on the eval set and on a fixed sample of the training set.
 
     Early stopping is detached meanwhile: these evaluations are measurements, not training decisions.
@@ -163,12 +160,12 @@ def _measure(trainer, data, when: str) -> dict:
 
     stopper = trainer.pop_callback(EarlyStoppingCallback)
     out = {}
-    sample = data.train.select(range(min(TRAIN_SAMPLE_SIZE, len(data.train))))
+    sample = parts.train.select(range(min(TRAIN_SAMPLE_SIZE, len(parts.train))))
     out[f"train_loss_{when}"] = trainer.evaluate(sample, metric_key_prefix=f"train_sample_{when}")[
         f"train_sample_{when}_loss"
     ]
-    if data.eval is not None:
-        out[f"eval_loss_{when}"] = trainer.evaluate(data.eval, metric_key_prefix=f"eval_{when}")[f"eval_{when}_loss"]
+    if parts.eval is not None:
+        out[f"eval_loss_{when}"] = trainer.evaluate(parts.eval, metric_key_prefix=f"eval_{when}")[f"eval_{when}_loss"]
     if stopper is not None:
         trainer.add_callback(stopper)
     return out

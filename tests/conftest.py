@@ -12,7 +12,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
-from dstune.testing import build_tokenizer, save_tiny_causal_lm  # noqa: E402
+from dstune.testing import build_tokenizer, save_tiny_causal_lm, save_tiny_encoder  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,23 @@ def tiny_v3_dir(tmp_path_factory):
 def tiny_llama_dir(tmp_path_factory):
     """A saved tiny Llama-architecture model (as the R1-Distill-Llama / SmolLM2 family) with tokenizer."""
     return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llama"), arch="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A saved tiny BERT encoder (2 layers, hidden 64) with a WordPiece tokenizer ([CLS] ... [SEP])."""
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run torch on one thread: on a small shared CPU, several threads per process thrash (10-50x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -117,3 +117,124 @@ def save_tiny_causal_lm(path: str | Path, arch: str = "deepseek_v3", seed: int =
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+ENCODER_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_encoder_tokenizer(extra_corpus: list[str] | None = None, vocab_size: int = 300):
+    """A BERT-style WordPiece tokenizer ([CLS] text [SEP], CJK characters split one by one) trained on the fly."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=ENCODER_SPECIAL_TOKENS,
+                                        show_progress=False)
+    tok.train_from_iterator((_CORPUS + list(extra_corpus or [])) * 4, trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", mask_token="[MASK]")
+
+
+def save_tiny_encoder(path: str | Path, extra_corpus: list[str] | None = None, seed: int = 0) -> Path:
+    """A tiny randomly initialised BERT (2 layers, hidden 64) with its WordPiece tokenizer, saved to ``path``."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = Path(path)
+    tokenizer = build_encoder_tokenizer(extra_corpus)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                        initializer_range=0.2)  # a useful scale for LoRA on a random model
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+TOY_CLASSES = {
+    "greet": "hello how are you fine thank you today".split(),
+    "ai": "artificial intelligence science machines think answer reason".split(),
+    "contract": "合同 甲方 乙方 付款 交货 签订 按时".split(),
+}
+_TOY_NOISE = "the a is what can do for me".split()
+_TOY_PEOPLE = [["alice", "smith"], ["bob"], ["zyxwvut", "jones"]]
+_TOY_PLACES = [list("北京"), list("上海"), ["paris"]]
+
+
+def toy_classification_rows(n: int, seed: int = 0) -> list[dict]:
+    """A learnable text-classification set: each text mixes words of its class with shared filler words."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = list(TOY_CLASSES)[i % len(TOY_CLASSES)]
+        words = rng.sample(TOY_CLASSES[label], 3) + rng.sample(_TOY_NOISE, 2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def toy_ner_rows(n: int, seed: int = 0) -> list[dict]:
+    """A learnable BIO set: person names (some split into several sub-tokens) and places (Chinese by character)."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for kind, names in (("PER", _TOY_PEOPLE), ("LOC", _TOY_PLACES)):
+            filler = rng.sample(_TOY_NOISE, 2)
+            name = rng.choice(names)
+            tokens += filler + name
+            tags += ["O", "O", f"B-{kind}", *[f"I-{kind}"] * (len(name) - 1)]
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    import json
+
+    path = Path(path)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def write_chat_jsonl(path: str | Path, pairs: list[tuple[str, str]], n: int | None = None) -> Path:
+    """``n`` one-turn ``messages`` rows cycling through ``(question, answer)`` pairs (default: each pair once)."""
+    n = len(pairs) if n is None else n
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in (pairs[i % len(pairs)] for i in range(n))]
+    return write_jsonl(path, rows)
+
+
+def save_tiny_hf_classifier(path: str | Path, num_labels: int = 3, seed: int = 0) -> Path:
+    """A plain transformers BertForSequenceClassification (2 layers, hidden 32) with its tokenizer, saved to ``path``.
+
+    The head's weights are scaled up so that classes are separated by clear margins, as in a trained
+    classifier (export tests compare predictions, which near-ties would make flaky).
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    path = Path(path)
+    tokenizer = build_encoder_tokenizer()
+    labels = [f"label_{i}" for i in range(num_labels)]
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                        num_labels=num_labels, id2label=dict(enumerate(labels)),
+                        label2id={label: i for i, label in enumerate(labels)})
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.mul_(20.0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -74,7 +74,11 @@ def test_csv_header_is_line_one_and_quoted_fields_may_span_lines(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text('instruction,output\nhi,hello\n"multi\nline",x\n\nlast,y\n', encoding="utf-8")
     records = read_records(str(path))
-    assert [(r.line, r.data["instruction"]) for r in records] == [(2, "hi"), (3, "multi\nline"), (6, "last")]
+    assert [(r.line, r.data["instruction"]) for r in records] == [
+        (2, "hi"),
+        (3, "multi\nline"),
+        (6, "last"),
+    ]
     assert records[0].where() == f"{path}:2"
 
 
@@ -89,7 +93,10 @@ def test_ragged_csv_row_is_reported_with_its_line(tmp_path):
 def test_tsv(tmp_path):
     path = tmp_path / "train.tsv"
     path.write_text("text\tlabel\nhello, world\tgreeting\n", encoding="utf-8")
-    assert read_records(str(path))[0].data == {"text": "hello, world", "label": "greeting"}
+    assert read_records(str(path))[0].data == {
+        "text": "hello, world",
+        "label": "greeting",
+    }
 
 
 def test_non_utf8_bytes_name_file_line_and_offset(tmp_path):
@@ -109,7 +116,11 @@ def test_other_encodings_are_read_when_named(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "content"),
-    [("train.jsonl", '{"text": "你好"}\n'), ("train.csv", "text\n你好\n"), ("train.json", '[{"text": "你好"}]')],
+    [
+        ("train.jsonl", '{"text": "你好"}\n'),
+        ("train.csv", "text\n你好\n"),
+        ("train.json", '[{"text": "你好"}]'),
+    ],
 )
 def test_utf8_bom_is_read_fine(tmp_path, name, content):
     path = tmp_path / name
@@ -117,7 +128,10 @@ def test_utf8_bom_is_read_fine(tmp_path, name, content):
     assert read_records(str(path))[0].data == {"text": "你好"}
 
 
-@pytest.mark.parametrize(("name", "content"), [("e.jsonl", ""), ("e.jsonl", "\n  \n"), ("e.csv", "text,label\n")])
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("e.jsonl", ""), ("e.jsonl", "\n  \n"), ("e.csv", "text,label\n")],
+)
 def test_empty_file_is_an_error(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
@@ -134,8 +148,8 @@ def test_missing_file_says_so_and_lists_supported_inputs(tmp_path):
 
 
 def test_unsupported_extension_and_directory(tmp_path):
-    (tmp_path / "train.txt").write_text("hello\n", encoding="utf-8")
-    assert "unsupported" in error_of(str(tmp_path / "train.txt")).message
+    (tmp_path / "train.xml").write_text("<row/>\n", encoding="utf-8")
+    assert "unsupported" in error_of(str(tmp_path / "train.xml")).message
     assert "directory" in error_of(str(tmp_path)).message
 
 
@@ -173,3 +187,44 @@ def test_hf_dataset_name_and_split(monkeypatch):
 def test_uncached_hf_dataset_offline_is_a_clear_error():
     err = error_of("dstune-tests/no-such-dataset")
     assert "not cached" in err.message and "local file" in err.hint
+
+
+def test_plain_text_is_one_example_per_line(tmp_path):
+    spec = write_lines(tmp_path / "corpus.txt", ["第一行。", "", "second line"])
+    assert [(r.line, r.data) for r in read_records(spec)] == [
+        (1, {"text": "第一行。"}),
+        (3, {"text": "second line"}),
+    ]
+
+
+def test_iter_records_yields_unparseable_rows_with_their_reason(tmp_path):
+    from dstune.data.readers import iter_records
+
+    spec = write_lines(tmp_path / "train.jsonl", ['{"text": "a"}', "{oops", "[1, 2]", '{"text": "b"}'])
+    records = list(iter_records(spec))
+    assert [(r.line, r.error is None) for r in records] == [
+        (1, True),
+        (2, False),
+        (3, False),
+        (4, True),
+    ]
+    assert records[1].data == {"raw": "{oops"} and "invalid JSON" in records[1].error
+    assert "got a JSON array" in records[2].error
+
+
+def test_gbk_without_declaration_names_file_line_and_offset(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"text,label\n" + "甲方违约,合同\n".encode("gbk"))
+    err = error_of(str(path))
+    assert err.where == f"{path}:2" and "byte offset 11" in err.message
+    assert read_records(str(path), encoding="gbk")[0].data == {
+        "text": "甲方违约",
+        "label": "合同",
+    }
+
+
+def test_encoding_that_cannot_be_read_by_line_is_refused(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes('{"text": "a"}\n'.encode("utf-16"))
+    assert "ASCII-compatible" in error_of(str(path), encoding="utf-16").message
+    assert "unknown text encoding" in error_of(str(path), encoding="klingon").message

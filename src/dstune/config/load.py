@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ _TYPE_WORDS = {
 }
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load ``path``, apply ``key.path=value`` overrides, and return the validated config."""
+def load_config(path: str | Path, overrides: list[str] | None = None, model: type[BaseModel] = RunConfig) -> RunConfig:
+    """Load ``path``, apply ``key.path=value`` overrides, and return the validated config (a ``model``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}", hint="check the path; run from the folder it is relative to")
@@ -41,7 +42,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError("the top level must be a mapping of sections (model:, data:, ...)", where=str(path))
     for item in overrides or []:
         apply_override(raw, item)
-    return validate_config(raw, source=str(path))
+    return validate_config(raw, source=str(path), model=model)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -61,9 +62,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+def validate_config(raw: dict[str, Any], source: str = "config", model: type[BaseModel] = RunConfig) -> RunConfig:
     try:
-        return RunConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]
         message = "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
@@ -93,13 +94,23 @@ def _describe(err: dict[str, Any]) -> str:
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     """Field names of the section at ``loc`` (for did-you-mean)."""
-    for part in loc:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+    parts = iter(loc)
+    for part in parts:
+        annotation = getattr(model.model_fields.get(part), "annotation", None)
+        section = _section_type(annotation)
+        if section is None:
             return []
-        model = annotation
-    return list(model.model_fields)
+        if typing.get_origin(annotation) in (dict, list):
+            next(parts, None)  # the mapping key or list index (e.g. a multitask task name)
+        model = section
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _section_type(annotation) -> type[BaseModel] | None:
+    """The section model of a field annotated ``Section`` or ``Section | None``; None for plain values."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    sections = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return sections[0] if len(sections) == 1 else None
 
 
 def dump_config(config: RunConfig) -> str:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from dstune.config.base import Section
+from dstune.config.cleaning import CleaningSection
+from dstune.config.continual import ContinualSection
+from dstune.config.deploy import DeploySection
+from dstune.config.evaluation import EvaluationSection
+from dstune.config.multitask import MultitaskSection
+from dstune.config.task import LabelledTaskFields
 
 
 class ModelSection(Section):
@@ -34,18 +38,30 @@ class ModelSection(Section):
     attn_implementation: str | None = Field(
         None, description="eager | sdpa | flash_attention_2; None lets transformers choose."
     )
+    add_tokens: list[str] | str | None = Field(
+        None,
+        description="Domain terms to add to the tokenizer: a list, or a text file with one term per line. "
+        "Each new embedding row starts as the mean of the pieces the term used to split into; under LoRA "
+        "exactly those rows are trained (peft trainable_token_indices). Works for every task type.",
+    )
 
 
-class TaskSection(Section):
-    """What the model learns."""
+class TaskSection(LabelledTaskFields):
+    """What the model learns; the label settings apply to classification and token_classification."""
 
-    type: Literal["sft"] = Field("sft", description="sft: causal-LM supervised fine-tuning.")
+    type: Literal["sft", "classification", "token_classification", "multitask"] = Field(
+        "sft",
+        description="sft: causal-LM supervised fine-tuning; classification: text → label(s); "
+        "token_classification: BIO tagging; multitask: one backbone, one head per task (see `multitask`).",
+    )
 
 
 class DataSection(Section):
     """Where the examples come from and how they become token sequences."""
 
-    train: str = Field(description="Training data: .jsonl/.json/.csv/.parquet file or HF dataset name.")
+    train: str | None = Field(
+        None, description="Training data: .jsonl/.json/.csv/.parquet file or HF dataset name (multitask: per task)."
+    )
     validation: str | None = Field(None, description="Validation data; if unset, `eval_split` of train.")
     eval_split: float = Field(
         0.1, ge=0.0, lt=1.0, description="Fraction of train held out for validation when no file is given."
@@ -67,6 +83,10 @@ class DataSection(Section):
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="fail: stop at malformed rows; skip: write them to rejected.jsonl and go on."
     )
+    encoding: str = Field(
+        "utf-8", description="Text encoding of the data files (UTF-8 with or without BOM by default; e.g. gbk, gb18030)."
+    )
+    test: str | None = Field(None, description="Test data (data prepare); if unset, `cleaning.split.test` of train.")
 
 
 class MethodSection(Section):
@@ -115,6 +135,9 @@ class TrainingSection(Section):
     )
     metric_for_best: str = Field("eval_loss", description="Metric that picks the best checkpoint.")
     greater_is_better: bool | None = Field(None, description="Defaults to False for *loss metrics, else True.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (less padding); order stays seeded."
+    )
     gradient_checkpointing: bool = Field(False)
     seed: int = Field(42)
 
@@ -149,15 +172,25 @@ class RunConfig(Section):
 
     model: ModelSection
     task: TaskSection = TaskSection()
-    data: DataSection
+    data: DataSection = DataSection()
     method: MethodSection = MethodSection()
     training: TrainingSection = TrainingSection()
     tracking: TrackingSection = TrackingSection()
+    cleaning: CleaningSection | None = Field(None, description="Data preparation; its steps also run in `train`.")
+    continual: ContinualSection | None = Field(None, description="EWC, distillation, replay; forgetting measured.")
+    deploy: DeploySection | None = Field(None, description="export, bench and serve settings (defaults if unset).")
+    multitask: MultitaskSection | None = Field(None, description="task.type multitask: tasks, sampling, weighting.")
+    evaluation: EvaluationSection | None = Field(
+        None, description="dstune eval / compare / report: split, generation, metrics, judge (defaults if unset)."
+    )
     output_dir: str = Field(description="Run directory (created).")
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> RunConfig:
         training = self.training
+        self._check_task_data()
+        if self.task.type == "multitask" and "metric_for_best" not in training.model_fields_set:
+            training.metric_for_best = "eval_combined_score"
         if training.learning_rate is None:
             training.learning_rate = 2e-4 if self.method.type in ("lora", "qlora") else 1e-5
         if training.greater_is_better is None:
@@ -172,7 +205,7 @@ class RunConfig(Section):
             training.save_steps = training.eval_steps
         if training.dropout is not None:
             self.method.dropout = training.dropout
-        if self.data.validation is None and self.data.eval_split == 0.0:
+        if not self._has_validation_files() and self.data.eval_split == 0.0:
             training.eval_strategy = "no"  # nothing to evaluate on
         if training.eval_strategy == "no" and "early_stopping_patience" not in training.model_fields_set:
             training.early_stopping_patience = None
@@ -187,3 +220,21 @@ class RunConfig(Section):
                 f"training.eval_strategy (got {training.save_strategy!r} and {training.eval_strategy!r})"
             )
         return self
+
+    def _check_task_data(self) -> None:
+        """data.train for single tasks; multitask.tasks (and no data.train) for multitask."""
+        if self.task.type == "multitask":
+            if self.multitask is None:
+                raise ValueError("task.type multitask needs a `multitask` section with `tasks`")
+            if self.data.train or self.data.validation:
+                raise ValueError("multitask reads each task's data from multitask.tasks.<name>.train/validation; "
+                                 "remove data.train/data.validation")
+        elif self.multitask is not None:
+            raise ValueError(f"the `multitask` section needs task.type: multitask (got {self.task.type!r})")
+        elif not self.data.train:
+            raise ValueError("data.train is required: the training data file or HF dataset name")
+
+    def _has_validation_files(self) -> bool:
+        if self.multitask is not None:
+            return any(task.validation for task in self.multitask.tasks.values())
+        return self.data.validation is not None

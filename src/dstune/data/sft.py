@@ -228,25 +228,22 @@ class _Rejection:
     reason: str
 
 
-def prepare_sft_data(cfg: DataSection, tokenizer, output_dir: Path, seed: int = 42) -> SFTData:
-    """Read, convert and tokenize ``cfg.train`` (and the validation data) for SFT.
+def prepare_sft_data(cfg: DataSection, tokenizer, output_dir: Path, seed: int = 42, *, cleaning=None) -> SFTData:
+    """Read, clean (``cleaning.steps``, when given), convert and tokenize ``cfg.train`` (and the validation data).
 
     Malformed rows stop the run (``on_error: fail``) with up to 20 of them listed as
     ``file:line: reason``, or (``on_error: skip``) go to ``output_dir/rejected.jsonl``.
     """
-    encoding = getattr(cfg, "encoding", "utf-8")
-    train_records = read_records(cfg.train, encoding=encoding)[: cfg.max_samples]
-    rows_read = len(train_records)
-    if cfg.validation:
-        eval_records = read_records(cfg.validation, encoding=encoding)
-        rows_read += len(eval_records)
-    elif cfg.eval_split > 0:
-        train_records, eval_records = split_eval(train_records, cfg.eval_split, seed)
-    else:
-        eval_records = None
+    train_records, eval_records, rows_read = read_train_eval(
+        cfg.train, cfg.validation, max_samples=cfg.max_samples, eval_split=cfg.eval_split,
+        encoding=getattr(cfg, "encoding", "utf-8"), seed=seed,
+    )
     fmt = cfg.format if cfg.format != "auto" else _detect(train_records[0])
     encoder = SFTEncoder(tokenizer, cfg.max_length, cfg.chat_template, cfg.think_history)
     rejected: list[_Rejection] = []
+    if cleaning is not None and cleaning.steps:
+        train_records = _clean(train_records, cleaning, tokenizer, fmt, rejected)
+        eval_records = None if eval_records is None else _clean(eval_records, cleaning, tokenizer, fmt, rejected)
     train = _encode_rows(train_records, fmt, cfg.system_prompt, encoder, rejected)
     evaluation = None if eval_records is None else _encode_rows(eval_records, fmt, cfg.system_prompt, encoder, rejected)
     _handle_rejections(rejected, cfg.on_error, Path(output_dir))
@@ -264,6 +261,25 @@ def prepare_sft_data(cfg: DataSection, tokenizer, output_dir: Path, seed: int = 
         "format": fmt,
     }
     return SFTData(_to_dataset(train), None if evaluation is None else _to_dataset(evaluation), stats)
+
+
+def read_train_eval(
+    train: str, validation: str | None, *, max_samples: int | None, eval_split: float, encoding: str, seed: int
+) -> tuple[list[Record], list[Record] | None, int]:
+    """The training records (first ``max_samples``), the validation records and how many rows were read.
+
+    Validation comes from its own file when given, else ``eval_split`` of the training rows is held out.
+    """
+    train_records = read_records(train, encoding=encoding)[:max_samples]
+    rows_read = len(train_records)
+    if validation:
+        eval_records = read_records(validation, encoding=encoding)
+        rows_read += len(eval_records)
+    elif eval_split > 0:
+        train_records, eval_records = split_eval(train_records, eval_split, seed)
+    else:
+        eval_records = None
+    return train_records, eval_records, rows_read
 
 
 def split_eval(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -287,6 +303,15 @@ def _detect(record: Record) -> str:
         return detect_format(record.data)
     except RowError as exc:
         raise DataError(str(exc), where=record.where(), hint="fix the first row or set data.format") from None
+
+
+def _clean(records: list[Record], cleaning, tokenizer, fmt: str, rejected: list[_Rejection]) -> list[Record]:
+    """The records after the cleaning steps; rows a step rejects are appended to ``rejected``."""
+    from dstune.data.clean import clean_sft_records
+
+    cleaned = clean_sft_records(records, cleaning, tokenizer, fmt)
+    rejected.extend(_Rejection(record, reason) for record, reason in cleaned.rejected)
+    return cleaned.kept
 
 
 def _encode_rows(

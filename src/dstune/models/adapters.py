@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -73,6 +74,17 @@ class AdapterReport:
 
 
 @dataclass(frozen=True)
+class AdapterTask:
+    """What a task adds to the method: peft's task type, whole modules to train and save (task heads such
+    as ``score``/``classifier``: peft ``modules_to_save``, never LoRA targets) and embedding rows to train
+    (new tokens: peft ``trainable_token_indices``, module name → row ids)."""
+
+    task_type: str | None = "CAUSAL_LM"  # None: a plain PeftModel (any architecture)
+    heads: tuple[str, ...] = ()
+    token_rows: dict[str, list[int]] | None = None
+
+
+@dataclass(frozen=True)
 class _TargetPlan:
     """What LoRA should adapt: Linear modules (full names) and parameters (full names, via ParamWrapper)."""
 
@@ -82,22 +94,30 @@ class _TargetPlan:
 
 
 def apply_method(
-    model: nn.Module, method: MethodSection, *, user_targets_given: bool | None = None
+    model: nn.Module, method: MethodSection, *, user_targets_given: bool | None = None, task: AdapterTask | None = None
 ) -> tuple[nn.Module, AdapterReport]:
     """Make ``model`` trainable as ``method`` says; return it (a PeftModel for lora/qlora) and a report.
 
     ``user_targets_given`` says whether ``method.targets`` names came from the user (a name that
     matches nothing is a :class:`ConfigError`) or are defaults (skipped with a note). By default a
-    list counts as the user's and "auto" as the defaults. Gradient checkpointing is left to the caller.
+    list counts as the user's and "auto" as the defaults. ``task`` adds task heads and new token rows
+    (see :class:`AdapterTask`). Gradient checkpointing is left to the caller.
     """
+    task = task or AdapterTask()
     notes: list[str] = []
     if method.type == "full":
         model.requires_grad_(True)
     elif method.type == "freeze":
         _freeze_all_but_last_layers(model, method.trainable_layers)
+        for name, module in model.named_modules():
+            if _leaf(name) in task.heads:
+                module.requires_grad_(True)
+        if task.token_rows:
+            notes.append("freeze: the added tokens keep their initial embeddings (mean of their pieces); "
+                         "use lora or full to train them")
     else:
         given = isinstance(method.targets, list) if user_targets_given is None else user_targets_given
-        model, notes = _apply_lora(model, method, given)
+        model, notes = _apply_lora(model, method, given, task)
     return model, build_report(model, method.type, notes)
 
 
@@ -135,19 +155,26 @@ def _freeze_all_but_last_layers(model: nn.Module, count: int) -> None:
 # --- lora / qlora ----------------------------------------------------------------------------
 
 
-def _apply_lora(model: nn.Module, method: MethodSection, user_given: bool) -> tuple[PeftModel, list[str]]:
-    """Plan the targets, route around peft's MoE rewrite, build the adapter and check it."""
+def _apply_lora(
+    model: nn.Module, method: MethodSection, user_given: bool, task: AdapterTask
+) -> tuple[PeftModel, list[str]]:
+    """Plan the targets (task heads excluded), route around peft's MoE rewrite, build the adapter and check it."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if method.type == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     plan = _plan_targets(model, method.targets, user_given)
+    plan = replace(plan, modules=tuple(m for m in plan.modules if not set(m.split(".")) & set(task.heads)))
     plan = _route_around_moe_rewrite(model, method, plan, user_given)
-    config, notes = _final_lora_config(method, plan)
+    config, notes = _final_lora_config(method, plan, task)
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # gradient checkpointing needs inputs that require grad
     peft_model = get_peft_model(model, config)
     _verify_adapted(peft_model, plan)
+    if task.token_rows:
+        # The new rows are in the adapter (trainable tokens); without this, peft would also save the whole
+        # resized embedding matrices, because the vocabulary no longer matches the base model's.
+        peft_model.save_pretrained = functools.partial(peft_model.save_pretrained, save_embedding_layers=False)
     return peft_model, [*plan.notes, *notes]
 
 
@@ -268,17 +295,17 @@ def _modules_peft_would_skip(model: nn.Module, method: MethodSection, plan: _Tar
 
     with torch.device("meta"):
         skeleton = type(model)(copy.deepcopy(model.config))
-    probe_config = _lora_config(method, plan, dropout=0.0, use_dora=False)
+    probe_config = _lora_config(method, plan, dropout=0.0, use_dora=False, task=AdapterTask(task_type=None))
     with warnings.catch_warnings():  # peft's warnings about this dry run would only confuse
         warnings.simplefilter("ignore")
         adapted, _ = adapted_targets(get_peft_model(skeleton, probe_config, low_cpu_mem_usage=True))
     return [name for name in plan.modules if name not in adapted]
 
 
-def _final_lora_config(method: MethodSection, plan: _TargetPlan) -> tuple[LoraConfig, list[str]]:
+def _final_lora_config(method: MethodSection, plan: _TargetPlan, task: AdapterTask) -> tuple[LoraConfig, list[str]]:
     """The LoraConfig to train with; ParamWrapper targets force dropout 0 (noted) and rule out DoRA."""
     if not plan.parameters:
-        return _lora_config(method, plan, dropout=method.dropout, use_dora=method.use_dora), []
+        return _lora_config(method, plan, dropout=method.dropout, use_dora=method.use_dora, task=task), []
     wrapped = ", ".join(_groups(plan.parameters))
     if method.use_dora:
         raise ConfigError(
@@ -292,12 +319,15 @@ def _final_lora_config(method: MethodSection, plan: _TargetPlan) -> tuple[LoraCo
             f"lora dropout set to 0 (configured {method.dropout}): peft's ParamWrapper, used for {wrapped}, "
             "refuses dropout"
         )
-    return _lora_config(method, plan, dropout=0.0, use_dora=False), notes
+    return _lora_config(method, plan, dropout=0.0, use_dora=False, task=task), notes
 
 
-def _lora_config(method: MethodSection, plan: _TargetPlan, *, dropout: float, use_dora: bool) -> LoraConfig:
+def _lora_config(
+    method: MethodSection, plan: _TargetPlan, *, dropout: float, use_dora: bool, task: AdapterTask | None = None
+) -> LoraConfig:
     from peft import LoraConfig
 
+    task = task or AdapterTask()
     return LoraConfig(
         r=method.r,
         lora_alpha=method.alpha,
@@ -306,17 +336,20 @@ def _lora_config(method: MethodSection, plan: _TargetPlan, *, dropout: float, us
         use_dora=use_dora,
         target_modules=list(plan.modules),
         target_parameters=list(plan.parameters) or None,
-        task_type="CAUSAL_LM",
+        task_type=task.task_type,
+        modules_to_save=list(task.heads) or None,
+        trainable_token_indices=task.token_rows,
     )
 
 
 def adapted_targets(peft_model: nn.Module) -> tuple[set[str], set[str]]:
     """Full names of the modules peft put LoRA on, and of the parameters it wrapped (ParamWrapper)."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     modules, parameters = set(), set()
     for name, module in _base_model(peft_model).named_modules():
-        if not isinstance(module, BaseTunerLayer):
+        if not isinstance(module, BaseTunerLayer) or isinstance(module, TrainableTokensLayer):
             continue
         parameter = getattr(module, "parameter_name", None)
         if parameter:

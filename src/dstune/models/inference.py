@@ -30,7 +30,7 @@ def load_for_inference(path: str | Path, *, dtype: str | None = None) -> LoadedM
     The model is returned in eval mode, the tokenizer with the chat template the run trained with.
     """
     from dstune.config.schema import MethodSection, ModelSection
-    from dstune.models.load import load_causal_lm, load_tokenizer
+    from dstune.models.load import ModelSource, load_causal_lm, load_tokenizer
 
     path = Path(path)
     if (path / "config.yaml").is_file() and (path / "metrics.json").is_file():
@@ -41,7 +41,8 @@ def load_for_inference(path: str | Path, *, dtype: str | None = None) -> LoadedM
 
             base = load_causal_lm(model_cfg, MethodSection(type="lora"))
             model = PeftModel.from_pretrained(base, path / "adapter")
-            tokenizer = load_tokenizer(ModelSection(name=str(path / "adapter")))
+            adapter = str(path / "adapter")  # no config.json there: skip resolve_source's model-folder check
+            tokenizer = load_tokenizer(ModelSection(name=adapter), ModelSource(adapter, is_local=True))
             return LoadedModel(model.eval(), tokenizer, "adapter", path, config)
         weights = path / "model"
         spec = model_cfg.model_copy(update={"name": str(weights)})

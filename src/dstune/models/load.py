@@ -87,20 +87,33 @@ def load_tokenizer(model: ModelSection, source: ModelSource | None = None):
 
 def load_causal_lm(model: ModelSection, method: MethodSection, dropout: float | None = None, source=None):
     """Load the causal LM in the configured dtype (4/8-bit for qlora), with the dropout override applied."""
+    from transformers import AutoModelForCausalLM
+
+    return load_model(AutoModelForCausalLM, model, method, dropout, source)
+
+
+def load_model(auto_class, model: ModelSection, method: MethodSection, dropout: float | None = None, source=None,
+               **config_updates):
+    """Load ``model`` with a transformers Auto class (AutoModel, AutoModelForSequenceClassification, ...).
+
+    ``config_updates`` are set on the model config before the weights load (e.g. ``id2label``).
+    """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     source = source or resolve_source(model)
     config = _from_pretrained(AutoConfig, source, model)
     if dropout is not None:
         override_dropout(config, dropout)
+    for key, value in config_updates.items():
+        setattr(config, key, value)
     kwargs = source.kwargs(model)
     kwargs["dtype"] = _torch_dtype(model.dtype, torch)
     if model.attn_implementation:
         kwargs["attn_implementation"] = model.attn_implementation
     if method.type == "qlora":
         kwargs["quantization_config"] = _bnb_config(method.bits, kwargs["dtype"])
-    lm = _from_pretrained(AutoModelForCausalLM, source, model, config=config, **kwargs)
+    lm = _from_pretrained(auto_class, source, model, config=config, **kwargs)
     if source.gguf_file:
         # The weights were de-quantised on load; forget the GGUF quantizer so that save_pretrained works.
         lm.hf_quantizer = None

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstune.config.schema import RunConfig
+from dstune.train.continual import continual_parts
 from dstune.train.history import HistoryCallback, plot_losses, read_history, truncate_history
 from dstune.train.rundir import RunDir, replace_dir, write_json_atomic
 from dstune.train.tasks import TaskParts, build_task
-from dstune.train.trainer import DstuneTrainer
 from dstune.train.tracking import log_summary, report_to, tracking_run, ui_command
+from dstune.train.trainer import DstuneTrainer, RunCallback
 
 TRAIN_SAMPLE_SIZE = 64  # training examples re-evaluated before and after training (train loss before/after)
 
@@ -42,7 +43,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     check_method_environment(config.method)
     run = RunDir(Path(config.output_dir))
     checkpoint = run.prepare(config, resume)
-    parts = build_task(config, run, log)
+    parts = continual_parts(config, build_task(config, run, log), run, log)
     write_json_atomic(run.params_report, parts.adapter_report.to_dict())
     for note in parts.adapter_report.notes:
         log(f"[yellow]note:[/] {note}")
@@ -73,13 +74,14 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
             "train_runtime_s": outcome.metrics.get("train_runtime"),
             "wall_time_s": round(time.time() - started, 1),
             **{f"data_{k}": v for k, v in parts.data_stats.items() if isinstance(v, int)},
+            **{k: v for cb in _run_callbacks(parts) for k, v in cb.final_metrics().items()},
         }
         weights = run.weights_dir(config.method.type)
         plots: list[Path] = []
         if trainer.is_world_process_zero():
-            weights = _save_weights(trainer, parts.tokenizer, weights)
+            weights = _save_weights(trainer, parts.tokenizer, weights, _run_callbacks(parts))
             plot = plot_losses(read_history(run.history), run.plots / "loss.png")
-            plots = [plot] if plot else []
+            plots = ([plot] if plot else []) + [p for cb in _run_callbacks(parts) for p in cb.plots()]
             write_json_atomic(run.metrics, metrics)
             log_summary(mlflow_run, run.config, metrics)
     return TrainResult(
@@ -122,9 +124,10 @@ def _build_trainer(config: RunConfig, parts: TaskParts, run: RunDir) -> DstuneTr
         load_best_model_at_end=bool(t.early_stopping_patience) and has_eval,
         metric_for_best_model=t.metric_for_best if has_eval else None,
         greater_is_better=t.greater_is_better if has_eval else None,
-        gradient_checkpointing=t.gradient_checkpointing,
+        **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
         seed=t.seed,
         data_seed=t.seed,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         bf16=torch.cuda.is_available() and config.model.dtype == "bfloat16",
         fp16=torch.cuda.is_available() and config.model.dtype == "float16",
         report_to=report_to(config),
@@ -134,7 +137,7 @@ def _build_trainer(config: RunConfig, parts: TaskParts, run: RunDir) -> DstuneTr
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    callbacks = [HistoryCallback(run.history)]
+    callbacks = [HistoryCallback(run.history), *parts.callbacks]
     if t.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     return DstuneTrainer(
@@ -149,6 +152,10 @@ def _build_trainer(config: RunConfig, parts: TaskParts, run: RunDir) -> DstuneTr
         preprocess_logits_for_metrics=parts.preprocess_logits_for_metrics,
         loss_hooks=parts.loss_hooks,
     )
+
+
+def _run_callbacks(parts: TaskParts) -> list[RunCallback]:
+    return [callback for callback in parts.callbacks if isinstance(callback, RunCallback)]
 
 
 def _measure(trainer, parts: TaskParts, when: str) -> dict:
@@ -171,11 +178,13 @@ def _measure(trainer, parts: TaskParts, when: str) -> dict:
     return out
 
 
-def _save_weights(trainer, tokenizer, final: Path) -> Path:
+def _save_weights(trainer, tokenizer, final: Path, callbacks: list[RunCallback] = ()) -> Path:
     """Write the adapter (PEFT format) or full model (safetensors) with the tokenizer, then move it into place."""
     tmp = final.with_name(f".{final.name}.partial")
     trainer.save_model(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    for callback in callbacks:
+        callback.save_files(tmp)
     replace_dir(tmp, final)
     return final
 

@@ -15,14 +15,20 @@ def print_summary(result: TrainResult, console: Console) -> None:
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_column("change", justify="right")
-    for split in ("train", "eval"):
-        before, after = m.get(f"{split}_loss_before"), m.get(f"{split}_loss_after")
+    retained = [key[len("forgetting_"):] for key in m if key.startswith("forgetting_")]
+    rows = [(f"{split} loss", f"{split}_loss") for split in ("train", "eval")]
+    rows += [(f"retain {name} loss", f"retain_{name}_loss") for name in retained]  # continual.retain_eval
+    for label, key in rows:
+        before, after = m.get(f"{key}_before"), m.get(f"{key}_after")
         if before is None or after is None:
             continue
         change = (after - before) / before * 100 if before else 0.0
         colour = "green" if after < before else "red"
-        table.add_row(f"{split} loss", f"{before:.4f}", f"{after:.4f}", f"[{colour}]{change:+.1f}%[/]")
+        table.add_row(label, f"{before:.4f}", f"{after:.4f}", f"[{colour}]{change:+.1f}%[/]")
     console.print(table)
+    if retained:
+        console.print("forgetting (retain loss after - before): "
+                      + ", ".join(f"{name} {m[f'forgetting_{name}']:+.4f}" for name in retained))
     report = result.adapter_report
     console.print(
         f"trainable parameters: {report['trainable_params']:,} of {report['total_params']:,} "

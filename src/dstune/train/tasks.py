@@ -29,6 +29,7 @@ class TaskParts:
     compute_metrics: Callable | None = None
     preprocess_logits_for_metrics: Callable | None = None
     loss_hooks: list = field(default_factory=list)  # dstune.train.trainer.LossHook
+    callbacks: list = field(default_factory=list)  # TrainerCallbacks; a RunCallback also adds metrics and plots
 
 
 TaskBuilder = Callable[[RunConfig, RunDir, Callable], TaskParts]
@@ -59,19 +60,26 @@ def build_sft(config: RunConfig, run: RunDir, log: Callable = print) -> TaskPart
     from transformers import DataCollatorForSeq2Seq
 
     from dstune.data.sft import IGNORE_INDEX, prepare_sft_data, resolve_chat_template
-    from dstune.models.adapters import apply_method
+    from dstune.models.adapters import AdapterTask, apply_method
     from dstune.models.load import load_causal_lm, load_tokenizer, resolve_source
+    from dstune.models.tokens import add_terms, resize_and_init, trainable_rows
 
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)
-    data = prepare_sft_data(config.data, tokenizer, run.root, seed=config.training.seed)
+    new_tokens = add_terms(tokenizer, config.model.add_tokens)  # before tokenizing: each term becomes one token
+    data = prepare_sft_data(config.data, tokenizer, run.root, seed=config.training.seed, cleaning=config.cleaning)
     # the template used for training is saved with the weights, so serving renders prompts the same way
     tokenizer.chat_template = resolve_chat_template(tokenizer, config.data.chat_template)
     s = data.stats
     log(f"data: {s['rows_train']} train / {s['rows_eval']} eval rows ({s['rows_rejected']} rejected, "
         f"{s['truncated']} truncated to {config.data.max_length} tokens)")
     model = load_causal_lm(config.model, config.method, config.training.dropout, source)
-    model, report = apply_method(model, config.method)
+    resize_and_init(model, new_tokens, len(tokenizer))
+    model, report = apply_method(model, config.method, task=AdapterTask(token_rows=trainable_rows(model, new_tokens)))
     tokenizer.padding_side = "right"
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
     return TaskParts(tokenizer, model, data.train, data.eval, collator, data.stats, report)
+
+
+# classification, token_classification and multitask register themselves on import
+from dstune.train import labelled, multitask  # noqa: E402,F401

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from dstune.config.schema import RunConfig
 
-logging.getLogger("alembic").setLevel(logging.WARNING)
+for _name in ("alembic", "mlflow.store.db.utils"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def default_tracking_uri(output_dir: Path) -> str:

@@ -18,7 +18,6 @@ import html
 import json
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,12 @@ STEPS = [
     {"type": "pii"},
 ]
 THRESHOLD, NUM_PERM, SHINGLE = 0.8, 128, 5
+
+
+def _peak_rss_kib() -> int:
+    """Peak RSS of this process in KiB (VmHWM; ``ru_maxrss`` would carry over the parent's peak across exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 
 
 def make_documents(rows: int, path: Path, seed: int = 0) -> None:
@@ -167,7 +172,7 @@ def child(impl: str, path: Path) -> None:
     """Run one implementation and print its figures (peak RSS of this process included) as JSON."""
     with tempfile.TemporaryDirectory() as work:
         result = {"dstune": run_dstune, "pandas": run_pandas}[impl](path, Path(work))
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = _peak_rss_kib() / 1024
     print(json.dumps(result))
 
 

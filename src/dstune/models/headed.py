@@ -120,7 +120,7 @@ class HeadedModel(nn.Module):
 
             set_peft_model_state_dict(self.backbone, load_file(str(directory / "adapter_model.safetensors")))
         else:
-            from transformers.modeling_utils import load_sharded_checkpoint
+            from transformers.trainer_utils import load_sharded_checkpoint
 
             if (directory / "model.safetensors").is_file():
                 self.backbone.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)

@@ -24,6 +24,7 @@ def plot_training(history: list[dict], out: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     train = [(r["step"], r["loss"]) for r in history if isinstance(r.get("loss"), int | float)]
     evals = sorted([(r["step"], r["eval_loss"]) for r in history if isinstance(r.get("eval_loss"), int | float)]
@@ -43,6 +44,7 @@ def plot_training(history: list[dict], out: Path) -> Path | None:
         lr.plot(*zip(*rates), color="tab:grey")
     lr.set_ylabel("learning rate")
     lr.set_xlabel("optimiser step")
+    lr.xaxis.set_major_locator(MaxNLocator(integer=True))
     lr.grid(alpha=0.3)
     return _save(fig, out)
 
@@ -53,6 +55,7 @@ def plot_metric_curves(history: list[dict], out: Path, limit: int = 9) -> Path |
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = metric_curve_names(history)[:limit]
     if not names:
@@ -66,6 +69,7 @@ def plot_metric_curves(history: list[dict], out: Path, limit: int = 9) -> Path |
         ax.set_title(name.removeprefix("eval_"), fontsize=9)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.supxlabel("optimiser step", fontsize=9)

@@ -36,35 +36,6 @@ def truncate_history(path: Path, last_step: int) -> None:
     Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def plot_losses(history: list[dict], out: Path) -> Path | None:
-    """plots/loss.png: training loss and evaluation loss against the optimiser step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(r["step"], r["loss"]) for r in history if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
-    evals += [(0, r["eval_before_loss"]) for r in history if "eval_before_loss" in r]  # the starting point
-    evals.sort()
-    if not train and not evals:
-        return None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue")
-    if evals:
-        ax.plot(*zip(*evals), label="eval loss", color="tab:orange", marker="o")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("loss (mean token cross-entropy)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
 def _plain(logs: dict) -> dict:
     out = {}
     for key, value in logs.items():

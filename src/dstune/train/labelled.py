@@ -15,6 +15,7 @@ from dstune.data.label_space import LabelSpace
 from dstune.data.labelled import LabelledCollator, LabelledData, LabelledSource, prepare_labelled_data
 from dstune.errors import ConfigError
 from dstune.models.heads import HeadSpec, SpecLoss
+from dstune.train.distributed import prepared_once
 from dstune.train.label_metrics import LabelledEvaluation, check_metric_name
 from dstune.train.rundir import RunDir
 from dstune.train.tasks import TaskParts, register_task
@@ -35,7 +36,8 @@ def build_labelled(config: RunConfig, run: RunDir, log: Callable = print) -> Tas
     new_tokens = add_terms(tokenizer, config.model.add_tokens)
     task = LabelledSource(config.task.type, config.task.type, config.task, config.data.train, config.data.validation,
                           config.data.max_samples)
-    data = prepare_labelled_data(task, config.data, tokenizer, run.root, seed=config.training.seed)
+    data = prepared_once(run.prep, lambda: prepare_labelled_data(task, config.data, tokenizer, run.root,
+                                                                 seed=config.training.seed), LabelledData)
     log_data(log, task.name, data, config.data.max_length)
     spec = head_spec(task.name, config.task, data, config.training.dropout)
     built = build_task_model(config, [spec], tokenizer, new_tokens, source)

@@ -20,6 +20,7 @@ from dstune.config.schema import RunConfig
 from dstune.data.labelled import LabelledData, LabelledSource, prepare_labelled_data
 from dstune.data.readers import SUPPORTED_SUFFIXES
 from dstune.errors import DataError
+from dstune.train.distributed import prepared_once
 from dstune.train.labelled import check_metrics, head_spec, labelled_parts, log_data
 from dstune.train.rundir import RunDir
 from dstune.train.tasks import TaskParts, register_task
@@ -119,7 +120,8 @@ class TaskBatchStream(torch.utils.data.IterableDataset):
 
 def _prepare(task: LabelledSource, index: int, config: RunConfig, tokenizer, run: RunDir) -> LabelledData:
     try:
-        return prepare_labelled_data(task, config.data, tokenizer, run.root, config.training.seed, task_index=index)
+        return prepared_once(run.prep / task.name, lambda: prepare_labelled_data(
+            task, config.data, tokenizer, run.root, config.training.seed, task_index=index), LabelledData)
     except DataError as exc:
         raise DataError(f"task {task.name!r}: {exc.message}", where=exc.where or f"multitask.tasks.{task.name}",
                         hint=exc.hint) from None

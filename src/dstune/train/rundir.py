@@ -1,7 +1,9 @@
 """The run directory (SPEC.md): what lives where, and the rules that keep it honest.
 
 A run is complete exactly when ``metrics.json`` exists: it is written last, after the weights,
-so a crashed run never looks finished. Files are written through a temporary name and renamed.
+so a crashed run never looks finished. Files are written through a temporary name and renamed;
+so are checkpoints (:class:`dstune.train.trainer.DstuneTrainer` writes ``.partial-checkpoint-N/``
+and renames it), and a ``checkpoint-N`` without ``trainer_state.json`` is never resumed from.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,9 @@ import yaml
 from dstune.config.load import dump_config
 from dstune.config.schema import RunConfig
 from dstune.errors import ConfigError
+
+CHECKPOINT_COMPLETE = "trainer_state.json"  # the Trainer writes it after the weights, optimizer and RNG states
+PARTIAL_CHECKPOINT_PREFIX = ".partial-"  # a checkpoint being written (or whose writing was killed)
 
 
 @dataclass(frozen=True)
@@ -52,21 +58,39 @@ class RunDir:
     def params_report(self) -> Path:
         return self.root / "trainable_params.json"
 
+    @property
+    def prep(self) -> Path:
+        """Tokenized data shared by the main process with the others (multi-process runs only)."""
+        return self.root / "prep"
+
     def weights_dir(self, method: str) -> Path:
         return self.root / ("adapter" if method in ("lora", "qlora") else "model")
 
-    def last_checkpoint(self) -> Path | None:
-        from transformers.trainer_utils import get_last_checkpoint
-
+    def checkpoints_by_step(self) -> list[Path]:
+        """``checkpoint-N`` folders, oldest first (complete or not)."""
         if not self.checkpoints.is_dir():
-            return None
-        found = get_last_checkpoint(str(self.checkpoints))
-        return Path(found) if found else None
+            return []
+        found = [p for p in self.checkpoints.iterdir() if p.is_dir() and _checkpoint_step(p) is not None]
+        return sorted(found, key=_checkpoint_step)
 
-    def prepare(self, config: RunConfig, resume: bool) -> Path | None:
-        """Create or check the directory; return the checkpoint to resume from (if resuming)."""
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint (one holding ``trainer_state.json``, which is written last)."""
+        complete = [p for p in self.checkpoints_by_step() if (p / CHECKPOINT_COMPLETE).is_file()]
+        return complete[-1] if complete else None
+
+    def incomplete_checkpoints(self) -> list[Path]:
+        """Checkpoints whose writing did not finish: ``checkpoint-N`` without ``trainer_state.json``, and
+        ``.partial-*`` folders left by a process killed while saving."""
+        partial = sorted(self.checkpoints.glob(f"{PARTIAL_CHECKPOINT_PREFIX}*")) if self.checkpoints.is_dir() else []
+        return [p for p in self.checkpoints_by_step() if not (p / CHECKPOINT_COMPLETE).is_file()] + partial
+
+    def prepare(self, config: RunConfig, resume: bool, *, write: bool = True, log: Callable = print) -> Path | None:
+        """Create or check the directory; return the checkpoint to resume from (if resuming).
+
+        ``write=False`` (processes other than the main one) checks without touching anything.
+        """
         if resume:
-            return self._check_resume(config)
+            return self._check_resume(config, write, log)
         if self.metrics.exists():
             raise ConfigError(
                 f"{self.root} already holds a finished run",
@@ -79,14 +103,19 @@ class RunDir:
                 where="output_dir",
                 hint="add --resume to continue it, or choose another output_dir",
             )
+        if not write:
+            return None
         self.root.mkdir(parents=True, exist_ok=True)
         for stale in (self.history, self.baseline, self.params_report, self.root / "rejected.jsonl"):
             stale.unlink(missing_ok=True)
         write_text_atomic(self.config, dump_config(config))
         return None
 
-    def _check_resume(self, config: RunConfig) -> Path:
+    def _check_resume(self, config: RunConfig, write: bool = True, log: Callable = print) -> Path:
         checkpoint = self.last_checkpoint()
+        broken = self.incomplete_checkpoints()
+        for path in broken:
+            log(f"[yellow]note:[/] ignoring {path}: its writing did not finish (killed while saving)")
         if checkpoint is None:
             raise ConfigError(
                 f"--resume: no checkpoint found in {self.checkpoints}",
@@ -104,7 +133,15 @@ class RunDir:
                 where=str(self.config),
                 hint="resume with the saved config (dstune train <output_dir>/config.yaml --resume)",
             )
+        if write:
+            for path in broken:
+                shutil.rmtree(path, ignore_errors=True)
         return checkpoint
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    name, _, step = path.name.partition("-")
+    return int(step) if name == "checkpoint" and step.isdigit() else None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

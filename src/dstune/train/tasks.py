@@ -30,6 +30,8 @@ class TaskParts:
     preprocess_logits_for_metrics: Callable | None = None
     loss_hooks: list = field(default_factory=list)  # dstune.train.trainer.LossHook
     callbacks: list = field(default_factory=list)  # TrainerCallbacks; a RunCallback also adds metrics and plots
+    eval_collator: Callable | None = None  # when evaluation batches differ from training's (packed training)
+    causal_lm: bool = False  # next-token loss: no KV cache in training, logits only where labels exist
 
 
 TaskBuilder = Callable[[RunConfig, RunDir, Callable], TaskParts]
@@ -57,28 +59,33 @@ def build_task(config: RunConfig, run: RunDir, log: Callable = print) -> TaskPar
 @register_task("sft")
 def build_sft(config: RunConfig, run: RunDir, log: Callable = print) -> TaskParts:
     """Causal-LM supervised fine-tuning: loss on assistant tokens only."""
-    from transformers import DataCollatorForSeq2Seq
+    from transformers import set_seed
 
-    from dstune.data.sft import IGNORE_INDEX, prepare_sft_data, resolve_chat_template
+    from dstune.data.collate import padded_collator, sft_collator
+    from dstune.data.sft import SFTData, prepare_sft_data, resolve_chat_template
     from dstune.models.adapters import AdapterTask, apply_method
     from dstune.models.load import load_causal_lm, load_tokenizer, resolve_source
     from dstune.models.tokens import add_terms, resize_and_init, trainable_rows
+    from dstune.train.distributed import prepared_once
 
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)
     new_tokens = add_terms(tokenizer, config.model.add_tokens)  # before tokenizing: each term becomes one token
-    data = prepare_sft_data(config.data, tokenizer, run.root, seed=config.training.seed, cleaning=config.cleaning)
+    data = prepared_once(run.prep, lambda: prepare_sft_data(config.data, tokenizer, run.root,
+                                                            seed=config.training.seed, cleaning=config.cleaning), SFTData)
     # the template used for training is saved with the weights, so serving renders prompts the same way
     tokenizer.chat_template = resolve_chat_template(tokenizer, config.data.chat_template)
     s = data.stats
     log(f"data: {s['rows_train']} train / {s['rows_eval']} eval rows ({s['rows_rejected']} rejected, "
         f"{s['truncated']} truncated to {config.data.max_length} tokens)")
+    set_seed(config.training.seed)  # adapter init: the same in a fresh process and after another run
     model = load_causal_lm(config.model, config.method, config.training.dropout, source)
     resize_and_init(model, new_tokens, len(tokenizer))
     model, report = apply_method(model, config.method, task=AdapterTask(token_rows=trainable_rows(model, new_tokens)))
     tokenizer.padding_side = "right"
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
-    return TaskParts(tokenizer, model, data.train, data.eval, collator, data.stats, report)
+    collator = sft_collator(tokenizer, packing=config.training.packing)
+    return TaskParts(tokenizer, model, data.train, data.eval, collator, data.stats, report,
+                     eval_collator=padded_collator(tokenizer) if config.training.packing else None, causal_lm=True)
 
 
 # classification, token_classification and multitask register themselves on import

@@ -56,6 +56,9 @@ def _log_task_loss(model, inputs, outputs, loss):
     return loss, {"task_loss": float(loss.detach())}
 
 
+_log_task_loss.needs_logits = False
+
+
 def _distill_hook(config: RunConfig, parts: TaskParts, shift: bool, log: Callable):
     from dstune.train.continual.distill import DistillationHook, build_teacher
 

@@ -99,6 +99,8 @@ def _sampled_label_loss(logits, labels, shift: bool, generator: torch.Generator)
 class EWCPenalty:
     """Loss hook adding ``lambda / 2 * sum F (theta - anchor)^2`` over the parameters with a Fisher."""
 
+    needs_logits = False  # reads the parameters only
+
     def __init__(
         self, params: dict[str, nn.Parameter], fisher: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor],
         strength: float,
@@ -212,8 +214,11 @@ def prepare_ewc(
     fisher = {name: f for name, f in fisher.items() if bool(f.any())}
     anchor = {name: params[name].detach().clone() for name in fisher}
     metadata = {"kind": ewc.fisher, "decay": str(ewc.decay), "previous": str(ewc.previous_fisher or "")}
-    save_tensors(folder / FISHER_FILE, fisher, metadata)
-    save_tensors(folder / ANCHOR_FILE, anchor)
+    from dstune.train.distributed import is_main_process
+
+    if is_main_process():  # every process computes the same Fisher; one writes it
+        save_tensors(folder / FISHER_FILE, fisher, metadata)
+        save_tensors(folder / ANCHOR_FILE, anchor)
     covered = sum(f.numel() for f in fisher.values())
     mean = sum(float(f.float().sum()) for f in fisher.values()) / max(covered, 1)
     log(f"ewc: {ewc.fisher} Fisher over {covered:,} of {sum(p.numel() for p in params.values()):,} trainable "

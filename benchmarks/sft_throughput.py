@@ -42,7 +42,7 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.1}
 RUNS: dict[str, dict | None] = {
     "vanilla": None,
     "dstune-padded": {"training": {"packing": False}},  # length-grouped padding + loss at labelled positions
-    "dstune": {},  # defaults: padding-free packing + loss at labelled positions, fp32
+    "dstune": {},  # defaults: packing (per-example attention) + loss at labelled positions + cheap dropout masks, fp32
     "dstune-bf16": {"model": {"dtype": "bfloat16"}},  # frozen base weights bf16 (AMX), LoRA adapters fp32
 }
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from dstune.config.schema import MethodSection
 from dstune.errors import ConfigError, ModelError
+from dstune.models.fast_dropout import use_fast_dropout
 from dstune.models.registry import default_lora_targets
 
 if TYPE_CHECKING:
@@ -171,6 +172,7 @@ def _apply_lora(
         model.enable_input_require_grads()  # gradient checkpointing needs inputs that require grad
     peft_model = get_peft_model(model, config)
     _verify_adapted(peft_model, plan)
+    use_fast_dropout(peft_model)  # same dropout, cheaper mask on CPU
     if task.token_rows:
         # The new rows are in the adapter (trainable tokens); without this, peft would also save the whole
         # resized embedding matrices, because the vocabulary no longer matches the base model's.

@@ -65,6 +65,7 @@ def build_sft(config: RunConfig, run: RunDir, log: Callable = print) -> TaskPart
     from dstune.data.sft import SFTData, prepare_sft_data, resolve_chat_template
     from dstune.models.adapters import AdapterTask, apply_method
     from dstune.models.load import load_causal_lm, load_tokenizer, resolve_source
+    from dstune.models.packed_attention import use_packed_attention
     from dstune.models.tokens import add_terms, resize_and_init, trainable_rows
     from dstune.train.distributed import prepared_once
 
@@ -81,6 +82,8 @@ def build_sft(config: RunConfig, run: RunDir, log: Callable = print) -> TaskPart
     set_seed(config.training.seed)  # adapter init: the same in a fresh process and after another run
     model = load_causal_lm(config.model, config.method, config.training.dropout, source)
     resize_and_init(model, new_tokens, len(tokenizer))
+    if config.training.packing:
+        use_packed_attention(model)  # sdpa: attention example by example instead of a block mask over the row
     model, report = apply_method(model, config.method, task=AdapterTask(token_rows=trainable_rows(model, new_tokens)))
     tokenizer.padding_side = "right"
     collator = sft_collator(tokenizer, packing=config.training.packing)

@@ -12,7 +12,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from dstune.train.lm_loss import selective_lm_loss, supports_selective_logits
+from dstune.train.lm_loss import selective_lm_loss, supervised_mask, supports_selective_logits
 from dstune.train.rundir import PARTIAL_CHECKPOINT_PREFIX
 
 
@@ -81,6 +81,7 @@ class DstuneTrainer(Trainer):
         # as a slice: it keeps the standard path
         self._selective_logits = causal_lm and not self.args.use_liger_kernel and supports_selective_logits(self.model)
         self._hook_logs: dict[str, list[float]] = {}
+        self._token_loss: list[torch.Tensor] | None = None  # per-example (loss sum, tokens) while evaluating
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, RunCallback):
                 callback.trainer = self
@@ -165,6 +166,44 @@ class DstuneTrainer(Trainer):
             logs.update({key: sum(values) / len(values) for key, values in self._hook_logs.items()})
             self._hook_logs.clear()
         super().log(logs, *args, **kwargs)
+
+    # -- evaluation loss per token: the Trainer averages per-batch mean losses, so its eval_loss would depend on
+    # how the examples are batched (length grouping, batch size, number of processes). For causal LMs dstune
+    # sums each example's token losses and tokens (gathered across processes without the padding duplicates)
+    # and reports the mean token cross-entropy of the whole set. Models without selective logits keep the
+    # Trainer's average.
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if self._token_loss is None or not prediction_loss_only or "labels" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"]
+        keep = supervised_mask(labels)
+        forward = {key: value for key, value in inputs.items() if key != "labels"}
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = model(**forward, use_cache=False, logits_to_keep=keep).logits
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:][keep[:, :-1]].to(logits.device), reduction="none"
+        )
+        sums = torch.zeros(len(labels), dtype=torch.float64, device=token_loss.device)
+        sums.index_add_(0, keep.nonzero()[:, 0].to(token_loss.device), token_loss.double())
+        per_example = torch.stack([sums, keep.sum(1).to(sums)], dim=1)
+        self._token_loss.append(self.accelerator.gather_for_metrics(per_example))
+        return (per_example[:, 0].sum() / per_example[:, 1].sum().clamp(min=1)).float(), None, None
+
+    def evaluation_loop(self, *args, **kwargs):
+        if not self._selective_logits:
+            return super().evaluation_loop(*args, **kwargs)
+        self._token_loss = []
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+            totals = torch.cat(self._token_loss).sum(0).tolist() if self._token_loss else [0.0, 0.0]
+        finally:
+            self._token_loss = None
+        key = f"{kwargs.get('metric_key_prefix', 'eval')}_loss"
+        if totals[1] > 0 and key in output.metrics:
+            output.metrics[key] = totals[0] / totals[1]
+        return output
 
     # -- checkpoints appear whole or not at all: the Trainer writes checkpoint-N in place (weights, then
     # optimizer, RNG states, trainer_state.json), so a process killed meanwhile would leave a folder that

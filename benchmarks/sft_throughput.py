@@ -43,7 +43,8 @@ RUNS: dict[str, dict | None] = {
     "vanilla": None,
     "dstune-padded": {"training": {"packing": False}},  # length-grouped padding + loss at labelled positions
     "dstune": {},  # defaults: packing (per-example attention) + loss at labelled positions + cheap dropout masks, fp32
-    "dstune-bf16": {"model": {"dtype": "bfloat16"}},  # frozen base weights bf16 (AMX), LoRA adapters fp32
+    "dstune-bf16w": {"method": {"frozen_dtype": "bfloat16"}},  # frozen weights + their matmuls bf16 (AMX), rest fp32
+    "dstune-bf16": {"model": {"dtype": "bfloat16"}},  # whole model bf16 (activations too), LoRA adapters fp32
 }
 
 

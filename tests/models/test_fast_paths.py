@@ -77,3 +77,48 @@ def test_packed_attention_is_not_saved_into_the_model_config(tiny_llama_dir, tmp
     model.save_pretrained(tmp_path)
     assert PACKED_SDPA not in (tmp_path / "config.json").read_text()
     AutoModelForCausalLM.from_pretrained(tmp_path)  # loads anywhere, without dstune
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_v3_dir"])
+def test_frozen_bf16_weights_keep_adapters_fp32_and_the_output_close_to_fp32(fixture, request, tmp_path):
+    from peft import PeftModel
+
+    path = request.getfixturevalue(fixture)
+    method = MethodSection(type="lora", r=4, alpha=8, dropout=0.0, frozen_dtype="bfloat16")
+    reference, _ = apply_method(AutoModelForCausalLM.from_pretrained(path), method.model_copy(update={"frozen_dtype": None}))
+    model, report = apply_method(AutoModelForCausalLM.from_pretrained(path), method)
+    assert any("frozen weights in bfloat16" in note for note in report.notes)
+    torch.manual_seed(0)
+    with torch.no_grad():  # the same non-zero adapter in both, so the LoRA path counts in the comparison
+        for (name, p), (_, q) in zip(reference.named_parameters(), model.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+            if p.requires_grad:
+                q.copy_(p)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values())
+    low = {n for n, p in frozen.items() if p.dtype == torch.bfloat16}
+    assert {n for n in frozen if n.endswith("embed_tokens.weight")} <= low
+    assert any("base_layer" in n for n in low)  # the frozen Linear under each adapter
+    assert all(p.dtype == torch.float32 for n, p in frozen.items() if "norm" in n)  # norms stay fp32
+
+    ids = torch.randint(5, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    out = model(input_ids=ids, labels=ids)
+    expected = reference(input_ids=ids, labels=ids)
+    assert out.logits.dtype == torch.float32
+    assert (out.logits - expected.logits).abs().max().item() < 0.05 * expected.logits.abs().max().item()
+    assert out.loss.item() == pytest.approx(expected.loss.item(), rel=0.01)
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.any() for p in trainable.values())
+
+    model.save_pretrained(tmp_path)  # a plain fp32 PEFT adapter: loads without dstune on the fp32 base
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, reference.eval()(input_ids=ids).logits, atol=1e-5)
+
+
+def test_frozen_dtype_is_only_for_lora():
+    with pytest.raises(ValueError, match="method.frozen_dtype applies to lora"):
+        MethodSection(type="full", frozen_dtype="bfloat16")

@@ -29,6 +29,7 @@ from torch import nn
 from dstune.config.schema import MethodSection
 from dstune.errors import ConfigError, ModelError
 from dstune.models.fast_dropout import use_fast_dropout
+from dstune.models.frozen_precision import use_low_precision_frozen
 from dstune.models.registry import default_lora_targets
 
 if TYPE_CHECKING:
@@ -173,6 +174,10 @@ def _apply_lora(
     peft_model = get_peft_model(model, config)
     _verify_adapted(peft_model, plan)
     use_fast_dropout(peft_model)  # same dropout, cheaper mask on CPU
+    if method.frozen_dtype:
+        low = use_low_precision_frozen(peft_model, getattr(torch, method.frozen_dtype))
+        notes.append(f"frozen weights in {method.frozen_dtype}: {low['parameters']:,} parameters in "
+                     f"{low['modules']} Linear/Embedding modules; activations and adapters keep their dtype")
     if task.token_rows:
         # The new rows are in the adapter (trainable tokens); without this, peft would also save the whole
         # resized embedding matrices, because the vocabulary no longer matches the base model's.

@@ -33,6 +33,22 @@ def tiny_bert_dir(tmp_path_factory):
     return save_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"))
 
 
+@pytest.fixture(scope="session")
+def lora_classifier_run(tiny_bert_dir, tmp_path_factory):
+    """A finished LoRA classification run on tiny BERT: BertForSequenceClassification + peft adapter, the head
+    trained whole (peft modules_to_save), labels ai / contract / greet (export and serve tests)."""
+    import torch
+
+    from dstune.testing import train_toy_labelled_run
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_torch_thread: several threads on a small shared CPU thrash
+    try:
+        return train_toy_labelled_run(tiny_bert_dir, tmp_path_factory.mktemp("lora_classifier"))
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Run torch on one thread: on a small shared CPU, several threads per process thrash (10-50x slower)."""

@@ -19,6 +19,7 @@ from dstune.plan import (
     gpu_estimate,
     make_plan,
     read_model,
+    recommendation_line,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,19 @@ def test_recommends_full_when_it_fits_else_lora():
     assert rec["micro_batch"] * rec["gradient_accumulation_steps"] * 8 == 64
     assert rec["per_gpu_bytes"] <= 80 * 2**30 * 0.9
     assert make_plan(SEVEN_B, PlanSettings(seq_len=1024, gpu_mem_gib=4)).recommendation is None
+
+
+def test_cheapest_setup_is_the_least_gpu_time_that_fits():
+    eight = make_plan(SEVEN_B, PlanSettings(seq_len=1024, gpus=8, gpu_mem_gib=80, batch_size=64))
+    cheap = eight.cheapest
+    # LoRA skips the frozen weights' gradients (4 vs 6 FLOPs per parameter) and QLoRA's dequantisation
+    assert (cheap["method"], cheap["gradient_checkpointing"]) == ("lora", False)
+    assert cheap["relative_cost"] < eight.recommendation["relative_cost"]
+    assert "cheapest that fits:[/] lora" in recommendation_line(eight)
+    one = make_plan(SEVEN_B, PlanSettings(seq_len=1024, gpus=1, gpu_mem_gib=80))
+    assert one.cheapest == one.recommendation and "cheapest" not in recommendation_line(one)
+    small = make_plan(SEVEN_B, PlanSettings(seq_len=1024, gpus=1, gpu_mem_gib=12))
+    assert small.recommendation["method"] == small.cheapest["method"] == "qlora"  # nothing else fits 12 GiB
 
 
 def test_deepseek_v3_alias_offline_total_and_active_parameters():

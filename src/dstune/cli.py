@@ -58,10 +58,12 @@ def train(
 ) -> None:
     """Load and clean the data, build the model, fine-tune, evaluate and save the run directory."""
     from dstune.config import load_config
+    from dstune.models.load import check_method_environment
     from dstune.train.recipe import train as run_training
     from dstune.train.summary import print_summary
 
     cfg = load_config(config, set_ or [])  # errors in the config show once, before any process starts
+    check_method_environment(cfg.method)  # so does a method this machine cannot run (qlora without CUDA)
     if nproc > 1 or accelerate_config is not None:
         from dstune.train.launch import relaunch
 

@@ -58,6 +58,8 @@ STRATEGIES = ("ddp", "zero2", "zero3", "fsdp")
 """In order of simplicity/communication cost: the recommendation takes the first one that fits."""
 
 CPU_BASELINE_BYTES = 540 * 2**20
+QLORA_MFU_FACTOR = 0.7
+"""QLoRA dequantises its 4-bit weights before every matmul: ~30% lower MFU than LoRA."""
 """Resident memory of a Python process that has imported torch, transformers, peft, datasets and dstune
 before it loads a model (measured: 512-540 MiB on Linux x86-64, torch 2.x CPU)."""
 HEAD_TRANSIENT = 3.0
@@ -145,11 +147,13 @@ class Plan:
     settings: PlanSettings
     rows: list[dict[str, Any]] = field(default_factory=list)
     recommendation: dict[str, Any] | None = None
+    cheapest: dict[str, Any] | None = None
+    """The fitting setup with the least GPU time per epoch (LoRA before QLoRA before full, usually)."""
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": asdict(self.facts), "settings": asdict(self.settings), "rows": self.rows,
-                "recommendation": self.recommendation, "notes": self.notes}
+                "recommendation": self.recommendation, "cheapest": self.cheapest, "notes": self.notes}
 
 
 # --- model facts -------------------------------------------------------------------------------
@@ -404,7 +408,7 @@ def epoch_seconds(facts: ModelFacts, method: str, settings: PlanSettings) -> flo
     if tokens is None:
         return None
     flops = training_flops_per_token(facts, method, settings) * tokens
-    mfu = settings.mfu * (0.7 if method == "qlora" else 1.0)  # 4-bit weights are dequantised every matmul
+    mfu = settings.mfu * (QLORA_MFU_FACTOR if method == "qlora" else 1.0)
     return flops / (settings.gpus * settings.gpu_tflops * 1e12 * mfu)
 
 
@@ -418,7 +422,8 @@ def make_plan(facts: ModelFacts, settings: PlanSettings, methods: tuple[str, ...
     LLaMA-Factory users do), then the cheapest way to run it: the simplest strategy (DDP before
     ZeRO-2 before ZeRO-3/FSDP), no gradient checkpointing if possible (it costs ~33% more compute),
     and the largest micro-batch (a power of two, at most the target batch per GPU) that fits;
-    gradient accumulation makes up the rest of the effective batch.
+    gradient accumulation makes up the rest of the effective batch. ``plan.cheapest`` is the fitting
+    setup with the least GPU time per epoch, for a user who would trade quality for cost.
     """
     plan = Plan(facts, settings)
     budget = settings.gpu_mem_gib * GIB * settings.headroom
@@ -435,7 +440,9 @@ def make_plan(facts: ModelFacts, settings: PlanSettings, methods: tuple[str, ...
                 row[key] = {**asdict(at_one), "total": at_one.total, "max_micro_batch": best}
             row["epoch_seconds"] = epoch_seconds(facts, method, settings)
             plan.rows.append(row)
-    plan.recommendation = _recommend(plan, per_gpu_target)
+    candidates = _fitting_setups(plan)
+    plan.recommendation = candidates[0] if candidates else None
+    plan.cheapest = min(candidates, key=lambda c: c["relative_cost"]) if candidates else None
     if facts.is_moe:
         plan.notes.append(
             f"MoE: {facts.total_params / 1e9:.1f}B parameters are held in memory, {facts.active_params / 1e9:.1f}B "
@@ -455,21 +462,31 @@ def _largest_micro_batch(facts, method, strategy, settings, budget, limit) -> in
     return best
 
 
-def _recommend(plan: Plan, per_gpu_target: int) -> dict[str, Any] | None:
+def _fitting_setups(plan: Plan) -> list[dict[str, Any]]:
+    """Every setup that fits, best first: method by quality, no checkpointing before checkpointing, then strategy.
+
+    Each carries ``relative_cost``: GPU time per token, up to a constant (FLOPs over the method's MFU factor),
+    so it ranks setups even when the epoch size is unknown.
+    """
     settings = plan.settings
+    setups = []
     for method in dict.fromkeys(row["method"] for row in plan.rows):
         for gc in (False, True):
             for row in (r for r in plan.rows if r["method"] == method):
                 micro = row["gc" if gc else "no_gc"]["max_micro_batch"]
-                if micro:
-                    accumulation = max(1, math.ceil(settings.batch_size / (micro * settings.gpus)))
-                    setup = replace(settings, gradient_checkpointing=gc)
-                    estimate = gpu_estimate(plan.facts, method, row["strategy"], micro, setup)
-                    return {"method": method, "strategy": row["strategy"], "gradient_checkpointing": gc,
-                            "micro_batch": micro, "gradient_accumulation_steps": accumulation,
-                            "effective_batch": micro * accumulation * settings.gpus,
-                            "per_gpu_bytes": estimate.total, "epoch_seconds": epoch_seconds(plan.facts, method, setup)}
-    return None
+                if not micro:
+                    continue
+                accumulation = max(1, math.ceil(settings.batch_size / (micro * settings.gpus)))
+                setup = replace(settings, gradient_checkpointing=gc)
+                estimate = gpu_estimate(plan.facts, method, row["strategy"], micro, setup)
+                efficiency = QLORA_MFU_FACTOR if method == "qlora" else 1.0
+                cost = training_flops_per_token(plan.facts, method, setup) / efficiency
+                setups.append({"method": method, "strategy": row["strategy"], "gradient_checkpointing": gc,
+                               "micro_batch": micro, "gradient_accumulation_steps": accumulation,
+                               "effective_batch": micro * accumulation * settings.gpus,
+                               "per_gpu_bytes": estimate.total, "epoch_seconds": epoch_seconds(plan.facts, method, setup),
+                               "relative_cost": cost})
+    return setups
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -522,11 +539,21 @@ def recommendation_line(plan: Plan) -> str:
     if rec is None:
         return (f"[red]nothing fits[/] in {plan.settings.gpus} × {plan.settings.gpu_mem_gib:g} GiB at seq-len "
                 f"{plan.settings.seq_len}: add GPUs (--gpus), shorten --seq-len, or use a smaller model")
-    ckpt = " with gradient checkpointing" if rec["gradient_checkpointing"] else ""
-    return (f"[bold green]recommended:[/] {rec['method']} with {rec['strategy']}{ckpt}, micro-batch "
-            f"{rec['micro_batch']} × accumulation {rec['gradient_accumulation_steps']} × {plan.settings.gpus} GPU(s) "
-            f"= effective batch {rec['effective_batch']}; {_gib(rec['per_gpu_bytes'])} GiB per GPU; "
-            f"epoch {_duration(rec['epoch_seconds'])}")
+    line = f"[bold green]recommended:[/] {_setup_text(plan, rec)}"
+    cheap = plan.cheapest
+    if cheap is not None and (cheap["method"], cheap["strategy"], cheap["gradient_checkpointing"]) != (
+            rec["method"], rec["strategy"], rec["gradient_checkpointing"]):
+        ratio = cheap["relative_cost"] / rec["relative_cost"]
+        line += f"\n[bold]cheapest that fits:[/] {_setup_text(plan, cheap)} ({ratio:.0%} of the recommended GPU time)"
+    return line
+
+
+def _setup_text(plan: Plan, setup: dict[str, Any]) -> str:
+    ckpt = " with gradient checkpointing" if setup["gradient_checkpointing"] else ""
+    return (f"{setup['method']} with {setup['strategy']}{ckpt}, micro-batch {setup['micro_batch']} × accumulation "
+            f"{setup['gradient_accumulation_steps']} × {plan.settings.gpus} GPU(s) = effective batch "
+            f"{setup['effective_batch']}; {_gib(setup['per_gpu_bytes'])} GiB per GPU; "
+            f"epoch {_duration(setup['epoch_seconds'])}")
 
 
 def cpu_table(facts: ModelFacts, settings: PlanSettings, estimates: list[Estimate]):

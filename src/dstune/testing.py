@@ -238,3 +238,28 @@ def save_tiny_hf_classifier(path: str | Path, num_labels: int = 3, seed: int = 0
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def train_toy_labelled_run(model_dir: str | Path, root: str | Path, task: str = "classification",
+                           steps: int = 60, **task_settings) -> Path:
+    """A finished LoRA run (``root/run``) of a ``classification`` or ``token_classification`` task on the toy
+    sets above, for deployment tests: no evaluation during training, learning rate high enough that a few
+    steps separate the classes."""
+    from dstune.config import validate_config
+    from dstune.train.recipe import train
+
+    root = Path(root)
+    rows = toy_ner_rows(48) if task == "token_classification" else toy_classification_rows(72)
+    data = write_jsonl(root / f"{task}.jsonl", rows)
+    config = validate_config({
+        "model": {"name": str(model_dir)},
+        "task": {"type": task, **task_settings},
+        "data": {"train": str(data), "eval_split": 0.25, "max_length": 32},
+        "method": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
+        "training": {"max_steps": steps, "batch_size": 8, "learning_rate": 1e-2, "eval_strategy": "no",
+                     "logging_steps": 10, "warmup_ratio": 0.0},
+        "tracking": {"mlflow": {"enabled": False}},
+        "output_dir": str(root / "run"),
+    })
+    train(config, log=lambda *a: None)
+    return root / "run"

@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dstune.config import validate_config
+from dstune.config.cleaning import CleaningSection
+from dstune.config.prepare import PrepareSettings
 from dstune.config.schema import DataSection, TaskSection
 from dstune.data.label_space import LabelSpace
 from dstune.data.labelled import (
@@ -16,7 +19,7 @@ from dstune.data.labelled import (
     spaced_words,
     split_words,
 )
-from dstune.errors import DataError
+from dstune.errors import ConfigError, DataError
 from dstune.testing import build_encoder_tokenizer, write_jsonl
 
 
@@ -98,3 +101,51 @@ def test_collator_packs_mixed_tasks_and_aligns_token_labels_with_padding(tokeniz
     assert natural["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     multi = LabelledCollator(tokenizer, ["multi"], packed=False)([{"input_ids": [5], "labels": [0, 1], "task": 0}])
     assert multi["labels"].dtype == torch.float32
+
+
+# --- cleaning on token rows: filters only; a text transform is refused, in train and in data prepare ----------
+
+TERM_MAP = {"type": "term_map", "terms": {"甲方": "合同方A"}}
+
+
+def _run_config(task: dict, steps: list, **sections) -> dict:
+    return {"model": {"name": "m"}, "task": task, "cleaning": {"steps": steps}, "output_dir": "o", **sections}
+
+
+def test_a_text_transform_on_token_rows_is_a_config_error_naming_the_step_and_why():
+    raw = _run_config({"type": "token_classification"}, [{"type": "unicode"}, TERM_MAP, {"type": "length", "min": 2}],
+                      data={"train": "ner.jsonl"})
+    with pytest.raises(ConfigError) as error:
+        validate_config(raw)
+    message = str(error.value)
+    assert "cleaning.steps[0] (unicode), cleaning.steps[1] (term_map)" in message and "steps[2]" not in message
+    assert "aligned one-to-one with their tags" in message and "only the row filters (length, language)" in message
+
+    tasks = {"doc": {"type": "classification", "train": "doc.jsonl"},
+             "ner": {"type": "token_classification", "train": "ner.jsonl"}}
+    with pytest.raises(ConfigError, match="multitask.tasks.ner rows are token lists.*dstune data prepare"):
+        validate_config(_run_config({"type": "multitask"}, [TERM_MAP], multitask={"tasks": tasks}))
+    with pytest.raises(ConfigError, match="cleaning.steps: cleaning.steps\\[0\\] \\(term_map\\)"):
+        PrepareSettings(DataSection(train="ner.jsonl"), CleaningSection(steps=[TERM_MAP]), "token_classification", None)
+    # row filters are fine, and classification takes every step
+    validate_config(_run_config({"type": "token_classification"}, [{"type": "length", "max": 50}],
+                                data={"train": "ner.jsonl"}))
+    validate_config(_run_config({"type": "classification"}, [TERM_MAP], data={"train": "doc.jsonl"}))
+
+
+def test_token_rows_go_through_the_row_filters_and_keep_their_tokens(tokenizer, tmp_path):
+    rows = [{"tokens": list("甲方付款按时"), "tags": ["B-ORG", "I-ORG", "O", "O", "O", "O"]},
+            {"tokens": ["ok"], "tags": ["O"]},  # 2 chars: below the minimum
+            {"tokens": list("乙方交货"), "tags": ["B-ORG", "I-ORG", "O", "O"]}]
+    path = write_jsonl(tmp_path / "ner.jsonl", rows)
+    cleaning = CleaningSection(steps=[{"type": "length", "min": 5}])
+    data_cfg = DataSection(eval_split=0.0, on_error="skip")
+    data = prepare_labelled_data(_source(path, "token_classification"), data_cfg, tokenizer, tmp_path,
+                                 cleaning=cleaning)
+    assert (data.stats["rows_train"], data.stats["rows_rejected_cleaning"], data.stats["rows_cleaned"]) == (2, 1, 0)
+    assert "2 chars is below the minimum 5" in (tmp_path / "rejected.jsonl").read_text()
+    expected = encode_words(tokenizer, rows[0]["tokens"], data_cfg.max_length)["input_ids"]
+    assert data.train[0]["input_ids"] == expected
+    with pytest.raises(ConfigError, match="task 't' rows are token lists"):  # called without a validated config
+        prepare_labelled_data(_source(path, "token_classification"), data_cfg, tokenizer, tmp_path,
+                              cleaning=CleaningSection(steps=[TERM_MAP]))

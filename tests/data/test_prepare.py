@@ -328,5 +328,7 @@ def test_train_path_applies_cleaning_steps(tmp_path, tokenizer):
     )
     assert data.stats["rows_train"] == 3 and data.stats["rows_rejected"] == 1
     assert "合同方A电话[PHONE]" in tokenizer.decode(data.train[0]["input_ids"])
+    assert (data.stats["rows_cleaned"], data.stats["rows_rejected_cleaning"]) == (3, 1)
+    assert data.stats["cleaning"]["2:pii"] == {"changed": 3, "rejected": 0, "masked": {"phone": 3}}
     rejected = json.loads((tmp_path / "run" / "rejected.jsonl").read_text())
     assert rejected["line"] == 4 and "html left text piece 1 empty" in rejected["reason"]

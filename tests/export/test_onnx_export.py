@@ -1,5 +1,5 @@
-"""`dstune export --format onnx [--quantize int8]` and `dstune bench`: a tiny classifier and a tiny Llama,
-checked against PyTorch, and all three backends measured side by side."""
+"""`dstune export --format onnx [--quantize int8]` and `dstune bench`: a tiny classifier, a tiny Llama and a tiny
+DeepSeek-V3 (MLA + MoE), checked against PyTorch, and all three backends measured side by side."""
 
 from __future__ import annotations
 
@@ -60,12 +60,14 @@ def test_classifier_onnx_and_int8_match_pytorch_and_bench_compares_all_three(tin
     assert "CPUExecutionProvider" in result["providers"]["available"]
 
 
-def test_causal_lm_onnx_export_reproduces_greedy_decoding(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_v3_dir"])  # v3: MLA attention + routed MoE
+def test_causal_lm_onnx_export_reproduces_greedy_decoding(model_fixture, request, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dstune.export.runtime import OnnxCausalLM, load_exported, onnx_session
 
-    bundle, (record,) = export(tiny_llama_dir, "onnx", output=tmp_path / "exp", overrides={"verify_samples": 3},
+    model_dir = request.getfixturevalue(model_fixture)
+    bundle, (record,) = export(model_dir, "onnx", output=tmp_path / "exp", overrides={"verify_samples": 3},
                                log=_quiet)
     assert record["passed"] and record["figures"]["next_token_agreement"] == 1.0
     assert record["figures"]["positions"] == 3 * 16
@@ -74,7 +76,7 @@ def test_causal_lm_onnx_export_reproduces_greedy_decoding(tiny_llama_dir, tmp_pa
     tokenizer = AutoTokenizer.from_pretrained(bundle.root / "onnx")
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "你好，请介绍一下你自己。"}],
                                            add_generation_prompt=True, return_dict=True)["input_ids"]
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     with torch.no_grad():
         expected = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
                                   pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()

@@ -205,3 +205,41 @@ output_dir: {tmp_path}/runs/cli
     assert "eval loss" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     saved = (tmp_path / "runs" / "cli" / "config.yaml").read_text()
     assert "learning_rate: 0.005" in saved and "lr_scheduler: cosine" in saved
+
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+QLORA_MESSAGE = "method.type: qlora needs a CUDA GPU"
+
+
+def qlora_yaml(tmp_path, model_dir, data):
+    return write_yaml(tmp_path / "q.yaml", f"""
+model: {{name: {model_dir}}}
+data: {{train: {data}}}
+method: {{type: qlora}}
+tracking: {{mlflow: {{enabled: false}}}}
+output_dir: {tmp_path}/runs/q
+""")
+
+
+@no_cuda
+def test_cli_qlora_without_cuda_stops_at_config_time(tiny_v3_dir, chat_data, tmp_path):
+    proc = run_cli("train", str(qlora_yaml(tmp_path, tiny_v3_dir, chat_data)))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert QLORA_MESSAGE in proc.stdout and "use method.type: lora on CPU" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "runs" / "q").exists()  # stopped before the run directory was made
+
+
+@no_cuda
+def test_cli_qlora_without_cuda_stops_before_nproc_starts_processes(tiny_v3_dir, chat_data, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dstune.cli import app
+    from dstune.errors import ConfigError
+    from dstune.train import launch
+
+    calls = []
+    monkeypatch.setattr(launch, "relaunch", lambda *args, **kwargs: calls.append(args) or 0)
+    result = CliRunner().invoke(app, ["train", str(qlora_yaml(tmp_path, tiny_v3_dir, chat_data)), "--nproc", "2"])
+    assert isinstance(result.exception, ConfigError) and QLORA_MESSAGE in str(result.exception)  # main() prints it
+    assert calls == [] and not (tmp_path / "runs" / "q").exists()

@@ -85,6 +85,7 @@ def test_frozen_bf16_weights_keep_adapters_fp32_and_the_output_close_to_fp32(fix
 
     path = request.getfixturevalue(fixture)
     method = MethodSection(type="lora", r=4, alpha=8, dropout=0.0, frozen_dtype="bfloat16")
+    torch.manual_seed(0)  # lora_A's initialisation: the same whatever ran before in this process
     reference, _ = apply_method(AutoModelForCausalLM.from_pretrained(path), method.model_copy(update={"frozen_dtype": None}))
     model, report = apply_method(AutoModelForCausalLM.from_pretrained(path), method)
     assert any("frozen weights in bfloat16" in note for note in report.notes)
@@ -108,7 +109,12 @@ def test_frozen_bf16_weights_keep_adapters_fp32_and_the_output_close_to_fp32(fix
     out = model(input_ids=ids, labels=ids)
     expected = reference(input_ids=ids, labels=ids)
     assert out.logits.dtype == torch.float32
-    assert (out.logits - expected.logits).abs().max().item() < 0.05 * expected.logits.abs().max().item()
+    per_token = (out.logits - expected.logits).abs().amax(-1).flatten()
+    close = (per_token < 0.05 * expected.logits.abs().max()).float().mean().item()
+    # A dense model is close at every position. In a MoE, bf16 rounding can flip the top-k expert choice
+    # of a token whose router scores are nearly tied (1 token in 24 for some lora_A draws, measured), and
+    # that token then gets another expert's output: allow a few such tokens, not a general drift.
+    assert close == 1.0 if fixture == "tiny_llama_dir" else close >= 0.9
     assert out.loss.item() == pytest.approx(expected.loss.item(), rel=0.01)
     out.loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.any() for p in trainable.values())

@@ -4,11 +4,15 @@ metrics, plot and head files, and the saved run predicts what the trained model 
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
+
 import pytest
 import torch
 
 from dstune.config import validate_config
-from dstune.errors import ConfigError
+from dstune.errors import ConfigError, DataError
 from dstune.models.predict import load_predictor
 from dstune.testing import toy_classification_rows, write_jsonl
 from dstune.train.history import read_history
@@ -18,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUIET = {"log": lambda *a: None}
 
 
-def classification_config(model_dir, data, out, task=None, **training):
+def classification_config(model_dir, data, out, task=None, sections=None, **training):
     return validate_config({
         "model": {"name": str(model_dir)},
         "task": {"type": "classification", **(task or {})},
@@ -28,6 +32,7 @@ def classification_config(model_dir, data, out, task=None, **training):
                      "eval_steps": 15, "logging_steps": 5, "warmup_ratio": 0.0, **training},
         "tracking": {"mlflow": {"enabled": False}},
         "output_dir": str(out),
+        **(sections or {}),
     })
 
 
@@ -87,3 +92,78 @@ def test_unknown_metric_for_best_is_a_config_error(tiny_bert_dir, toy_data, tmp_
     cfg = classification_config(tiny_bert_dir, toy_data, tmp_path / "run", metric_for_best="eval_macro_f")
     with pytest.raises(ConfigError, match="did you mean 'eval_macro_f1'"):
         train(cfg, **QUIET)
+
+
+# --- cleaning: the `cleaning` steps run on the classification text inside `dstune train` ------------------
+
+LEGAL_CLEANING = {"cleaning": {"steps": [
+    {"type": "term_map", "terms": {"甲方": "合同方A", "乙方": "合同方B"}},
+    {"type": "regex", "rules": [{"pattern": r"\s*\[页码\s*\d+\]"}]},  # page markers left by OCR
+]}}
+
+
+def legal_rows():
+    """The toy set with the contract terms to map, a page marker inside one text, and a row that is only a marker."""
+    rows = toy_classification_rows(48)
+    rows.insert(3, {"text": "合同 甲方 付款 [页码 3]", "label": "contract"})
+    rows.insert(9, {"text": "[页码 12]", "label": "greet"})  # line 10: nothing left after cleaning
+    return rows
+
+
+def cleaned_by_hand(text):
+    text = text.replace("甲方", "合同方A").replace("乙方", "合同方B")
+    return re.sub(r"\s*\[页码\s*\d+\]", "", text)
+
+
+def test_classification_run_trains_on_cleaned_text_and_reports_the_emptied_row(tiny_bert_dir, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    import dstune.train.labelled as labelled_task
+
+    rows = legal_rows()
+    data = write_jsonl(tmp_path / "cases.jsonl", rows)
+    cfg = classification_config(tiny_bert_dir, data, tmp_path / "run", sections=LEGAL_CLEANING, max_steps=2,
+                                eval_steps=2)
+    cfg.data.on_error = "skip"
+    prepared = []
+    real = labelled_task.prepare_labelled_data
+    monkeypatch.setattr(labelled_task, "prepare_labelled_data", lambda *a, **k: prepared.append(real(*a, **k))
+                        or prepared[-1])
+    result = train(cfg, **QUIET)
+
+    # the model read the cleaned texts, every one of them, and nothing else
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    kept = [cleaned_by_hand(row["text"]) for row in rows if cleaned_by_hand(row["text"]).strip()]
+    expected = Counter(tuple(tokenizer(text, truncation=True, max_length=32)["input_ids"]) for text in kept)
+    (data_,) = prepared
+    used = Counter(tuple(ids) for split in (data_.train, data_.eval) for ids in split["input_ids"])
+    assert used == expected
+    jia = tokenizer.convert_tokens_to_ids("甲")
+    assert jia != tokenizer.unk_token_id and not any(jia in ids for ids in used)  # 甲方 was in the raw rows
+
+    changed = sum(cleaned_by_hand(row["text"]) != row["text"] for row in rows) - 1  # less the emptied row
+    term_rows = sum("甲方" in row["text"] or "乙方" in row["text"] for row in rows)
+    assert result.data_stats["cleaning"] == {"0:term_map": {"changed": term_rows, "rejected": 0},
+                                             "1:regex": {"changed": 2, "rejected": 1}}
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (m["data_rows_cleaned"], m["data_rows_rejected_cleaning"], m["data_rows_rejected"]) == (changed, 1, 1)
+    (rejected,) = [json.loads(line) for line in (tmp_path / "run" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected["line"] == 10 and "cleaning step 1:regex left text piece 1 empty" in rejected["reason"]
+
+    # predictions see their input as training did: the raw text scores exactly like its cleaned form
+    from dstune.models.predict import load_predictor
+
+    predictor = load_predictor(tmp_path / "run")
+    raw = next(row["text"] for row in rows if "甲方" in row["text"])
+    assert predictor.predict(raw) == predictor.predict(cleaned_by_hand(raw))
+    predictor.cleaner = None  # and without the rewrite, the raw text is another input
+    assert predictor.predict(raw) != predictor.predict(cleaned_by_hand(raw))
+
+
+def test_a_row_emptied_by_cleaning_stops_the_run_by_default(tiny_bert_dir, tmp_path):
+    data = write_jsonl(tmp_path / "cases.jsonl", legal_rows())
+    cfg = classification_config(tiny_bert_dir, data, tmp_path / "run", sections=LEGAL_CLEANING, max_steps=2,
+                                eval_steps=2)
+    with pytest.raises(DataError, match=f"{re.escape(str(data))}:10: cleaning step 1:regex left text piece 1 empty"):
+        train(cfg, **QUIET)
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -4,6 +4,7 @@ drawn with the configured sampling; a resumed run continues with the same losses
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from dstune.config import validate_config
+from dstune.config.cleaning import CleaningSection
 from dstune.errors import DataError
 from dstune.models.predict import Predictor, load_predictor
 from dstune.testing import toy_classification_rows, toy_ner_rows, write_jsonl
@@ -112,3 +114,21 @@ def test_resumed_multitask_run_continues_with_the_same_losses(tiny_bert_dir, tmp
     resumed = {r["step"]: r["loss"] for r in read_history(run / "history.jsonl") if "loss" in r}
     for step in range(4, 7):
         assert resumed[step] == pytest.approx(full[step], rel=1e-4, abs=1e-5), step
+
+
+def test_cleaning_filters_every_task_and_each_task_reports_its_own_rejected_rows(tiny_bert_dir, tmp_path):
+    topics = write_jsonl(tmp_path / "short_topics.jsonl",
+                         [*toy_classification_rows(24), {"text": "hi", "label": "greet"}])
+    ner = write_jsonl(tmp_path / "short_ner.jsonl", [{"tokens": ["ok"], "tags": ["O"]}, *toy_ner_rows(16)])
+    tasks = {"topic": {"type": "classification", "train": str(topics)},
+             "ner": {"type": "token_classification", "train": str(ner)}}
+    cfg = multitask_config(tiny_bert_dir, tmp_path, tasks, max_steps=2, eval_steps=2)
+    cfg.cleaning = CleaningSection(steps=[{"type": "length", "min": 6}])
+    cfg.data.on_error = "skip"
+    result = train(cfg, **QUIET)
+    assert result.metrics["data_rows_rejected_cleaning"] == 2, result.data_stats
+    assert result.data_stats["tasks"]["ner"]["cleaning"] == {"0:length": {"changed": 0, "rejected": 1}}
+    for task, line in (("topic", 25), ("ner", 1)):  # one file per task: neither overwrites the other
+        lines = (tmp_path / "run" / "rejected" / task / "rejected.jsonl").read_text().splitlines()
+        (row,) = [json.loads(text) for text in lines]
+        assert row["line"] == line and "below the minimum 6" in row["reason"], task

@@ -247,7 +247,15 @@ class CleaningSection(Section):
 
     task: TaskType | None = Field(None, description="Row schema to validate against; default: task.type.")
     fields: FieldNames = FieldNames()
-    steps: list[CleaningStep] = Field(default_factory=list, description="Cleaning steps, applied in order.")
+    steps: list[CleaningStep] = Field(
+        default_factory=list,
+        description="Cleaning steps, applied in order; `dstune train` runs them too, on the text the task reads "
+        "(SFT: every message; classification: task.text_field) before tokenizing, and a row a step empties or "
+        "filters out is a rejected row (data.on_error). Token classification takes only the row filters "
+        "(length, language, judged on the tokens joined by spaces): a text transform would rewrite, merge or "
+        "delete tokens, or miss a span that crosses tokens, so the tags would no longer line up with the "
+        "tokens; such a step is a config error there.",
+    )
     labels: LabelSettings = LabelSettings()
     dedup: DedupSettings = DedupSettings()
     split: SplitSettings = SplitSettings()
@@ -262,4 +270,29 @@ class CleaningSection(Section):
     output_format: Literal["jsonl", "input"] = Field(
         "jsonl",
         description="jsonl, or input: the training file's own format (csv, tsv, parquet, json, txt).",
+    )
+
+
+ROW_FILTERS = ("length", "language")
+"""Steps that keep or reject a whole row without rewriting it: the only ones token classification takes."""
+
+
+def token_rows_problem(steps: list, rows: str = "token_classification rows", multitask: bool = False) -> str | None:
+    """Why ``steps`` cannot run on token-classification ``rows`` (None when they can).
+
+    A text transform works on running text: on a token list it could change the number of tokens, or
+    match nothing that spans two tokens (a term or phone number written one character per token), and
+    the tags would silently stop matching what the model reads. Refusing is the honest option.
+    """
+    transforms = [f"cleaning.steps[{i}] ({step.type})" for i, step in enumerate(steps) if step.type not in ROW_FILTERS]
+    if not transforms:
+        return None
+    elsewhere = ""
+    if multitask:
+        elsewhere = " (a multitask run's classification files can be cleaned with `dstune data prepare`)"
+    return (
+        f"{', '.join(transforms)} rewrite(s) text, but {rows} are token lists aligned one-to-one with their tags: "
+        "a rewrite could merge, split or delete tokens, or miss a span that crosses tokens, and the tags would no "
+        f"longer match. Token classification takes only the row filters ({', '.join(ROW_FILTERS)}); clean the "
+        f"text before it is tokenized and tagged, or remove these steps{elsewhere}"
     )

@@ -8,9 +8,10 @@ from pathlib import Path
 import yaml
 
 from dstune.config.base import Section
-from dstune.config.cleaning import CleaningSection
+from dstune.config.cleaning import CleaningSection, token_rows_problem
 from dstune.config.load import load_config
 from dstune.config.schema import DataSection, RunConfig, TaskSection
+from dstune.errors import ConfigError
 
 
 class PrepareConfig(Section):
@@ -29,6 +30,13 @@ class PrepareSettings:
     """sft, classification or token_classification: cleaning.task, else task.type."""
     tokenizer: str | None
     """For token lengths: cleaning.tokenizer, else model.name of a run config."""
+
+    def __post_init__(self) -> None:
+        # the same rule as `dstune train`: a transform on token lists would be a silent no-op or break the tags
+        problem = token_rows_problem(self.cleaning.steps) if self.task == "token_classification" else None
+        if problem:
+            raise ConfigError(problem, where="cleaning.steps",
+                              hint="if these files are not token classification data, set cleaning.task")
 
 
 def load_prepare_settings(path: str | Path, overrides: list[str] | None = None) -> PrepareSettings:

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from dstune.config.base import Section
-from dstune.config.cleaning import CleaningSection
+from dstune.config.cleaning import CleaningSection, token_rows_problem
 from dstune.config.continual import ContinualSection
 from dstune.config.deploy import DeploySection
 from dstune.config.evaluation import EvaluationSection
@@ -108,8 +108,9 @@ class MethodSection(Section):
         None,
         description="lora/qlora: store the frozen base Linear and Embedding weights in this dtype and run "
         "their matmuls in it, while activations, norms, attention, loss and the adapters stay in "
-        "model.dtype (float32 on CPU). On CPUs with AMX/AVX512-BF16 about 1.3x faster than float32 "
-        "at half the weight memory, with a loss curve close to float32 (benchmarks/sft_throughput.py).",
+        "model.dtype (float32 on CPU): half the weight memory, and faster on CPUs with AMX/AVX512-BF16; "
+        "on CPUs without native bf16 (AVX2 only) bf16 matmuls are emulated and much slower, and the run says so. "
+        "Measure with benchmarks/sft_throughput.py.",
     )
 
     @model_validator(mode="after")
@@ -216,6 +217,7 @@ class RunConfig(Section):
     def _resolve_defaults(self) -> RunConfig:
         training = self.training
         self._check_task_data()
+        self._check_cleaning()
         if self.task.type == "multitask" and "metric_for_best" not in training.model_fields_set:
             training.metric_for_best = "eval_combined_score"
         if training.learning_rate is None:
@@ -260,6 +262,21 @@ class RunConfig(Section):
             raise ValueError(f"the `multitask` section needs task.type: multitask (got {self.task.type!r})")
         elif not self.data.train:
             raise ValueError("data.train is required: the training data file or HF dataset name")
+
+    def _check_cleaning(self) -> None:
+        """Cleaning steps that `train` cannot apply to a token-classification task stop the run here."""
+        if self.cleaning is None or not self.cleaning.steps:
+            return
+        if self.task.type == "token_classification":
+            problem = token_rows_problem(self.cleaning.steps)
+        elif self.multitask is not None:
+            token_tasks = [name for name, task in self.multitask.tasks.items() if task.type == "token_classification"]
+            rows = ", ".join(f"multitask.tasks.{name}" for name in token_tasks) + " rows"
+            problem = token_rows_problem(self.cleaning.steps, rows, multitask=True) if token_tasks else None
+        else:
+            problem = None
+        if problem:
+            raise ValueError(problem)
 
     def _has_validation_files(self) -> bool:
         if self.multitask is not None:

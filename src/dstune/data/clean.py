@@ -1,4 +1,5 @@
-"""Apply the configured cleaning steps, in order, to a dataset (batched ``Dataset.map``) or to SFT records.
+"""Apply the configured cleaning steps, in order, to a dataset (batched ``Dataset.map``, ``dstune data prepare``)
+or to the records a training run reads (``dstune train``: SFT, classification and token classification rows).
 
 Transforms rewrite each text piece of a row (a classification text, every message of a
 conversation); a transform that empties a piece that had text rejects the row, naming the step.
@@ -8,7 +9,7 @@ Filters then judge the whole row. What each step did is counted in :attr:`Cleane
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from dstune.config.cleaning import CleaningSection
 from dstune.data.clean_steps import STEPS, Filter, PiiTransform, Transform
@@ -37,9 +38,27 @@ class Cleaner:
                 )
             )
         self.stats = {name: {"changed": 0, "rejected": 0} for name, _ in self.steps}
+        self.rows_changed = 0  # kept rows whose text differs after all steps
+
+    @classmethod
+    def for_run(cls, cleaning: CleaningSection | None, tokenizer=None) -> Cleaner | None:
+        """The ``cleaning.steps`` of a run config (None without steps): ``dstune train`` cleans what it tokenizes."""
+        if cleaning is None or not cleaning.steps:
+            return None
+        return cls(cleaning.steps, tokenizer)
 
     def __bool__(self) -> bool:
         return bool(self.steps)
+
+    def rewrite(self, texts: list[str]) -> list[str]:
+        """Inputs at prediction time: the text-rewriting steps only, in order; no row is ever filtered out.
+
+        A model trained on cleaned text (``甲方`` mapped to ``合同方A``) must see its inputs the same way.
+        """
+        for _, step in self.steps:
+            if isinstance(step, Transform):
+                texts = step.apply(texts)
+        return texts
 
     def clean(self, texts: list[list[str]], documents) -> tuple[list[list[str]], list[str | None], list[str | None]]:
         """Clean a batch of rows (each a list of text pieces).
@@ -57,7 +76,9 @@ class Cleaner:
             else:
                 cleaned = _unflatten(flat, texts)
                 self._filter(name, step, documents(cleaned), stage, reason)
-        return _unflatten(flat, texts), stage, reason
+        cleaned = _unflatten(flat, texts)
+        self.rows_changed += sum(s is None and new != old for s, new, old in zip(stage, cleaned, texts))
+        return cleaned, stage, reason
 
     def _transform(self, name, step: Transform, flat, owner, stage, reason) -> list[str]:
         new = step.apply(flat)
@@ -84,6 +105,15 @@ class Cleaner:
             if why is not None:
                 stage[row], reason[row] = f"clean:{name}", why
                 self.stats[name]["rejected"] += 1
+
+    def stats_for_run(self) -> dict:
+        """For a training run's data statistics: rows changed, rows rejected by cleaning, and :meth:`report`."""
+        report = self.report()
+        return {
+            "rows_cleaned": self.rows_changed,
+            "rows_rejected_cleaning": sum(step["rejected"] for step in report.values()),
+            "cleaning": report,
+        }
 
     def report(self) -> dict:
         """Per step: rows changed and rows rejected; for pii also the count of each kind masked."""
@@ -133,40 +163,60 @@ class CleanedRecords:
     stats: dict
 
 
-def clean_sft_records(
-    records: list[Record], cleaning: CleaningSection, tokenizer=None, fmt: str = "auto"
-) -> CleanedRecords:
-    """Apply ``cleaning.steps`` to SFT records (for ``dstune train``): cleaned copies and rejected rows.
+class RecordView(Protocol):
+    """How the cleaner sees one kind of row: its text pieces (``columns["texts"]``), written back by ``restore``.
 
-    Rows that are not valid SFT rows are kept unchanged, so that the encoder reports them with its reason.
+    :class:`~dstune.data.validate.RowSchema` is one; ``dstune train`` adds views that clean exactly the
+    field its encoder reads (:mod:`dstune.data.labelled`).
     """
-    from dstune.data.labels import LabelRules
-    from dstune.data.validate import SftSchema
 
-    cleaner = Cleaner(cleaning.steps, tokenizer)
-    schema = SftSchema(cleaning.fields, LabelRules(cleaning.labels), fmt)
+    def extract(self, row: dict) -> dict: ...
+
+    def restore(self, columns: dict) -> dict: ...
+
+    def document(self, columns: dict) -> str: ...
+
+
+def clean_records(records: list[Record], cleaner: Cleaner, view: RecordView) -> CleanedRecords:
+    """Apply ``cleaner`` to records (``dstune train``): cleaned copies, in file order, and rejected rows.
+
+    Rows ``view`` cannot read are kept unchanged, so that the encoder reports them with its own reason.
+    ``cleaner`` keeps counting across calls, so train and validation add up in one :meth:`Cleaner.report`.
+    """
     kept: list[Record] = []
     rejected: list[tuple[Record, str]] = []
     for start in range(0, len(records), MAP_BATCH):
         batch, columns = [], []
         for record in records[start : start + MAP_BATCH]:
             try:
-                columns.append(schema.extract(record.data))
+                columns.append(view.extract(record.data))
                 batch.append(record)
             except RowError:
                 kept.append(record)
-        texts, _, reasons = cleaner.clean([c["texts"] for c in columns], lambda t: ["\n".join(p) for p in t])
+
+        def documents(texts: list[list[str]], columns=columns) -> list[str]:
+            return [view.document({**column, "texts": text}) for column, text in zip(columns, texts)]
+
+        texts, _, reasons = cleaner.clean([c["texts"] for c in columns], documents)
         for record, column, text, why in zip(batch, columns, texts, reasons):
             if why is not None:
                 rejected.append((record, why))
             else:
-                kept.append(
-                    Record(
-                        record.source,
-                        record.line,
-                        schema.restore({**column, "texts": text}),
-                        record.unit,
-                    )
-                )
+                kept.append(Record(record.source, record.line, view.restore({**column, "texts": text}), record.unit))
     kept.sort(key=lambda r: r.line)
     return CleanedRecords(kept, rejected, cleaner.report())
+
+
+def sft_view(cleaning: CleaningSection, fmt: str = "auto") -> RowSchema:
+    """SFT rows as the cleaner sees them: every message content (or prompt/response field) is a text piece."""
+    from dstune.data.labels import LabelRules
+    from dstune.data.validate import SftSchema
+
+    return SftSchema(cleaning.fields, LabelRules(cleaning.labels), fmt)
+
+
+def clean_sft_records(
+    records: list[Record], cleaning: CleaningSection, tokenizer=None, fmt: str = "auto"
+) -> CleanedRecords:
+    """Apply ``cleaning.steps`` to SFT records: cleaned copies and rejected rows (see :func:`clean_records`)."""
+    return clean_records(records, Cleaner(cleaning.steps, tokenizer), sft_view(cleaning, fmt))

@@ -11,6 +11,12 @@ text writes without spaces (Chinese NER data is one token per character).
 
 Bad rows stop the run with ``file:line: reason`` or, with ``data.on_error: skip``, go to
 ``rejected.jsonl``, as for SFT.
+
+``cleaning.steps`` run before tokenizing, through the same :class:`~dstune.data.clean.Cleaner` as SFT
+and ``dstune data prepare``: on the text field of classification rows; on token rows only the row
+filters run (the config refuses text transforms there, see
+:func:`dstune.config.cleaning.token_rows_problem`). A row a step empties or filters out is a
+rejected row like any other.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dstune.config.cleaning import CleaningSection, token_rows_problem
 from dstune.config.task import LabelledTaskFields
+from dstune.data.clean import Cleaner
 from dstune.data.formats import RowError
 from dstune.data.label_space import BIO, Kind, LabelSpace
 from dstune.data.readers import Record
-from dstune.data.sft import IGNORE_INDEX, _handle_rejections, _Rejection, read_train_eval
-from dstune.errors import DataError, ModelError
+from dstune.data.sft import IGNORE_INDEX, _handle_rejections, _Rejection, clean_into, read_train_eval
+from dstune.errors import ConfigError, DataError, ModelError
 
 if TYPE_CHECKING:
     import datasets
@@ -143,15 +151,67 @@ def row_tokens(row: dict, settings: LabelledTaskFields) -> tuple[list[str], list
     return words, tags
 
 
+class TextFieldView:
+    """A classification row as the cleaner sees it: only the text the encoder reads; labels stay the task's."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def extract(self, row: dict) -> dict:
+        text = row.get(self.key)
+        if not isinstance(text, str) or not text.strip():
+            raise RowError(f"no text in {self.key!r}")  # kept as is: the encoder reports it with its reason
+        return {"texts": [text], "row": row}
+
+    def restore(self, columns: dict) -> dict:
+        return {**columns["row"], self.key: columns["texts"][0]}
+
+    def document(self, columns: dict) -> str:
+        return "\n".join(columns["texts"])
+
+
+class TokenListView:
+    """A token-classification row as the cleaner sees it: no text to rewrite, only the tokens for the filters.
+
+    The filters judge the tokens joined by spaces, as ``dstune data prepare`` does, so that a row that
+    passed there passes here.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def extract(self, row: dict) -> dict:
+        tokens = row.get(self.key)
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise RowError(f"no token list in {self.key!r}")
+        return {"texts": [], "tokens": tokens, "row": row}
+
+    def restore(self, columns: dict) -> dict:
+        return columns["row"]
+
+    def document(self, columns: dict) -> str:
+        return " ".join(columns["tokens"])
+
+
 def prepare_labelled_data(
-    source: LabelledSource, data_cfg, tokenizer, output_dir: Path, seed: int = 42, task_index: int = 0
+    source: LabelledSource, data_cfg, tokenizer, output_dir: Path, seed: int = 42, task_index: int = 0,
+    *, cleaning: CleaningSection | None = None,
 ) -> LabelledData:
-    """Read, split, validate and tokenize one labelled task; the label space comes from the config or train."""
+    """Read, split, clean (``cleaning.steps``, when given), validate and tokenize one labelled task.
+
+    The label space comes from the config or from the (cleaned) training rows.
+    """
     train_records, eval_records, rows_read = read_train_eval(
         source.train, source.validation, max_samples=source.max_samples, eval_split=data_cfg.eval_split,
         encoding=getattr(data_cfg, "encoding", "utf-8"), seed=seed,
     )
     rejected: list[_Rejection] = []
+    cleaner = _cleaner(source, cleaning, tokenizer)
+    if cleaner:
+        settings = source.settings
+        view = TokenListView(settings.tokens_field) if source.kind == "token" else TextFieldView(settings.text_field)
+        train_records = clean_into(train_records, cleaner, view, rejected)
+        eval_records = None if eval_records is None else clean_into(eval_records, cleaner, view, rejected)
     space = _label_space(source, train_records)
     encoder = LabelledEncoder(tokenizer, data_cfg.max_length, source, space)
     train = _encode(train_records, encoder, rejected)
@@ -169,9 +229,20 @@ def prepare_labelled_data(
         "truncated": sum(row["truncated"] for row in train + (evaluation or [])),
         "tokens_train": sum(len(row["input_ids"]) for row in train),
         "labels": len(space),
+        **(cleaner.stats_for_run() if cleaner else {}),
     }
     datasets_ = [None if rows is None else _to_dataset(rows, task_index) for rows in (train, evaluation)]
     return LabelledData(datasets_[0], datasets_[1], space, stats)
+
+
+def _cleaner(source: LabelledSource, cleaning: CleaningSection | None, tokenizer) -> Cleaner | None:
+    """The run's cleaner for this task; text transforms on token rows are refused (the config checks it first)."""
+    problem = None
+    if cleaning is not None and source.kind == "token":
+        problem = token_rows_problem(cleaning.steps, f"task {source.name!r} rows")
+    if problem:
+        raise ConfigError(problem, where="cleaning.steps")
+    return Cleaner.for_run(cleaning, tokenizer)
 
 
 def _label_space(source: LabelledSource, records: list[Record]) -> LabelSpace:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from jinja2 import TemplateError
 
+from dstune.data.clean import Cleaner, RecordView, clean_records, sft_view
 from dstune.data.formats import RowError, detect_format, to_messages
 from dstune.data.readers import Record, read_records
 from dstune.errors import ConfigError, DataError, ModelError
@@ -241,9 +242,11 @@ def prepare_sft_data(cfg: DataSection, tokenizer, output_dir: Path, seed: int = 
     fmt = cfg.format if cfg.format != "auto" else _detect(train_records[0])
     encoder = SFTEncoder(tokenizer, cfg.max_length, cfg.chat_template, cfg.think_history)
     rejected: list[_Rejection] = []
-    if cleaning is not None and cleaning.steps:
-        train_records = _clean(train_records, cleaning, tokenizer, fmt, rejected)
-        eval_records = None if eval_records is None else _clean(eval_records, cleaning, tokenizer, fmt, rejected)
+    cleaner = Cleaner.for_run(cleaning, tokenizer)
+    if cleaner:
+        view = sft_view(cleaning, fmt)
+        train_records = clean_into(train_records, cleaner, view, rejected)
+        eval_records = None if eval_records is None else clean_into(eval_records, cleaner, view, rejected)
     train = _encode_rows(train_records, fmt, cfg.system_prompt, encoder, rejected)
     evaluation = None if eval_records is None else _encode_rows(eval_records, fmt, cfg.system_prompt, encoder, rejected)
     _handle_rejections(rejected, cfg.on_error, Path(output_dir))
@@ -259,6 +262,7 @@ def prepare_sft_data(cfg: DataSection, tokenizer, output_dir: Path, seed: int = 
         "tokens_train": sum(len(row["input_ids"]) for row in train),
         "supervised_tokens_train": sum(label != IGNORE_INDEX for row in train for label in row["labels"]),
         "format": fmt,
+        **(cleaner.stats_for_run() if cleaner else {}),
     }
     return SFTData(_to_dataset(train), None if evaluation is None else _to_dataset(evaluation), stats)
 
@@ -305,11 +309,9 @@ def _detect(record: Record) -> str:
         raise DataError(str(exc), where=record.where(), hint="fix the first row or set data.format") from None
 
 
-def _clean(records: list[Record], cleaning, tokenizer, fmt: str, rejected: list[_Rejection]) -> list[Record]:
-    """The records after the cleaning steps; rows a step rejects are appended to ``rejected``."""
-    from dstune.data.clean import clean_sft_records
-
-    cleaned = clean_sft_records(records, cleaning, tokenizer, fmt)
+def clean_into(records: list[Record], cleaner: Cleaner, view: RecordView, rejected: list[_Rejection]) -> list[Record]:
+    """The records after the cleaning steps; rows a step empties or filters out are appended to ``rejected``."""
+    cleaned = clean_records(records, cleaner, view)
     rejected.extend(_Rejection(record, reason) for record, reason in cleaned.rejected)
     return cleaned.kept
 

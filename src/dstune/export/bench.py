@@ -29,7 +29,7 @@ from dstune.config.deploy import BenchSection
 from dstune.errors import DstuneError
 from dstune.export.bundle import Bundle, find_bundle
 from dstune.export.runtime import OnnxCausalLM, cpu_count, load_exported, onnx_session
-from dstune.export.source import Deployable, load_deployable
+from dstune.export.source import Deployable, load_deployable, require_transformers_model
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _LABELS = {"onnx": "onnx-fp32", "onnx-int8": "onnx-int8"}
@@ -68,6 +68,7 @@ def bench(artifact: str | Path, settings: BenchSection, log: Callable = print) -
     torch.set_num_threads(threads)
     bundle, source, notes = _locate(Path(artifact))
     deployable = load_deployable(source, dtype="float32")
+    require_transformers_model(deployable, "dstune bench")
     model = _plain(deployable)
     providers = _providers()
     backends = [_eager(deployable, model, "pytorch-eager")]

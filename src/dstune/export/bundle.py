@@ -5,7 +5,8 @@
     <run>/export/            (or --output DIR; plain models default to ./exports/<name>/)
       artifacts.json         source, task, and each artifact's folder + verification summary
       merged/                safetensors + tokenizer + chat template + README.md + verification.json
-      onnx/                  model.onnx (+ .data) + export.json + tokenizer + verification.json
+                             (+ heads/: a classification run's label files)
+      onnx/                  model.onnx (+ .data) + export.json + tokenizer (+ heads/) + verification.json
       onnx-int8/             the same, weights quantised to int8
       bench.json             written by `dstune bench`
 """

@@ -1,10 +1,14 @@
 """`dstune export --format merged`: LoRA merged into the base weights, saved, reloaded and checked.
 
-1. the adapter model (base + PEFT adapter, float32) computes reference logits on a few chat prompts;
+1. the adapter model (base + PEFT adapter, float32) computes reference logits: causal LMs on a few
+   chat prompts, classifiers (sequence / token) on a padded batch of sample texts;
 2. the adapter is merged in the base checkpoint's dtype (or float32 with ``merge_dtype: float32``);
-3. the merged model is saved (safetensors, tokenizer with the training chat template, model card);
-4. it is reloaded with plain ``transformers`` and its logits compared with the references; a
-   difference above the tolerance fails the export.
+   a classifier's head, trained whole as a peft ``modules_to_save`` module, replaces the base one;
+3. the merged model is saved (safetensors, tokenizer with the training chat template, model card;
+   classifiers: label names in ``config.json`` and the run's ``heads/`` label files);
+4. it is reloaded with plain ``transformers`` (``AutoModelForCausalLM`` /
+   ``AutoModelForSequenceClassification`` / ``AutoModelForTokenClassification``) and its logits
+   compared with the references; a difference above the tolerance fails the export.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from dstune.config.deploy import ExportSection
 from dstune.errors import DstuneError
 from dstune.export.bundle import Bundle
 from dstune.export.card import write_model_card
-from dstune.export.source import Deployable, load_deployable
+from dstune.export.onnx import ClassifierCheck
+from dstune.export.source import Deployable, copy_heads, load_deployable, require_transformers_model
 from dstune.export.verify import logit_figures, require, sample_chat_prompts, write_verification
 
 # The tolerance grows with the precision lost when the merged weights are saved in a 16-bit dtype.
@@ -30,36 +35,61 @@ _TOLERANCE_FACTOR = {torch.float32: 1.0, torch.float16: 10.0, torch.bfloat16: 50
 def export_merged(source: Path, bundle: Bundle, settings: ExportSection, log: Callable = print) -> dict[str, Any]:
     """Merge, save and verify; return the verification record (raises if verification fails)."""
     reference = load_deployable(source, dtype="float32")
-    if reference.task != "causal-lm":
-        raise DstuneError(
-            f"{source} is a {reference.task} model: there is no adapter to merge",
-            hint="use --format onnx for classifiers (their model/ already loads with plain transformers)",
-        )
-    prompts = sample_chat_prompts(reference.tokenizer, settings.verify_samples)
-    expected = _logits(reference.model, prompts)
+    require_transformers_model(reference, "--format merged")
+    probe = (CausalProbe if reference.task == "causal-lm" else ClassifierProbe)(reference, settings)
     base_model, base_dtype = _base_facts(reference)
     merge_dtype = torch.float32 if settings.merge_dtype == "float32" else base_dtype
     save_dtype = torch.float32 if settings.save_dtype == "float32" else base_dtype
     log(f"merging {reference.loaded.kind} in {_name(merge_dtype)}, saving in {_name(save_dtype)}")
     merged = _merge(reference if merge_dtype == torch.float32 else None, source, merge_dtype)
-    tokenizer, name = reference.tokenizer, reference.name
+    tokenizer, name, task, heads = reference.tokenizer, reference.name, reference.task, reference.heads_dir
     del reference
     gc.collect()
 
     out = bundle.fresh_dir("merged")
     merged.to(save_dtype).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    copy_heads(heads, out)
     del merged
     gc.collect()
 
-    record = _verify_reload(out, prompts, expected, settings.merge_tolerance * _TOLERANCE_FACTOR[save_dtype],
-                            save_dtype)
-    write_model_card(out, name=f"{name}-merged", source=source, task="causal-lm", base_model=base_model,
+    record = _verify_reload(out, probe, settings.merge_tolerance * _TOLERANCE_FACTOR[save_dtype], save_dtype)
+    write_model_card(out, name=f"{name}-merged", source=source, task=task, base_model=base_model,
                      verification=record, artifact="merged")
-    bundle.record("merged", source=source, task="causal-lm", verification=record, dtype=_name(save_dtype))
+    bundle.record("merged", source=source, task=task, verification=record, dtype=_name(save_dtype))
     log(f"merged model: {out} (max |Δlogit| {record['figures']['max_abs_diff']:.3g} vs the adapter model)")
     return require(record, out, hint="try deploy.export.merge_dtype: float32, or serve the adapter unmerged "
                                      "(dstune serve RUN_DIR / vllm serve BASE --enable-lora)")
+
+
+class CausalProbe:
+    """A causal LM's reference logits on sample chat prompts, one forward each (no padding, so nothing
+    depends on masking), and the same figures for the reloaded model."""
+
+    auto_class = "AutoModelForCausalLM"
+
+    def __init__(self, deployable: Deployable, settings: ExportSection):
+        self.prompts = sample_chat_prompts(deployable.tokenizer, settings.verify_samples)
+        self.expected = _logits(deployable.model, self.prompts)
+        self.count = len(self.prompts)
+
+    def figures(self, model) -> dict[str, Any]:
+        got = _logits(model, self.prompts)
+        return logit_figures(torch.cat([e[0] for e in self.expected]), torch.cat([g[0] for g in got]))
+
+
+class ClassifierProbe:
+    """A classifier's reference logits on a padded batch of sample texts (what ONNX export checks too)."""
+
+    def __init__(self, deployable: Deployable, settings: ExportSection):
+        self.check = ClassifierCheck(deployable, settings)
+        self.count = len(self.check.expected)
+        self.auto_class = ("AutoModelForTokenClassification" if self.check.token_level
+                           else "AutoModelForSequenceClassification")
+
+    @torch.no_grad()
+    def figures(self, model) -> dict[str, Any]:
+        return self.check.figures(model(**self.check.inputs).logits)
 
 
 def _merge(loaded: Deployable | None, source: Path, dtype: torch.dtype):
@@ -71,18 +101,17 @@ def _merge(loaded: Deployable | None, source: Path, dtype: torch.dtype):
     return model.eval()
 
 
-def _verify_reload(out: Path, prompts: list[list[int]], expected: list[torch.Tensor], tolerance: float,
+def _verify_reload(out: Path, probe: CausalProbe | ClassifierProbe, tolerance: float,
                    save_dtype: torch.dtype) -> dict[str, Any]:
-    """Reload ``out`` with plain transformers (float32) and compare its logits with ``expected``."""
-    from transformers import AutoModelForCausalLM
+    """Reload ``out`` with plain transformers (float32) and compare its logits with the probe's references."""
+    import transformers
 
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    got = _logits(reloaded, prompts)
-    figures = logit_figures(torch.cat([e[0] for e in expected]), torch.cat([g[0] for g in got]))
+    reloaded = getattr(transformers, probe.auto_class).from_pretrained(out, dtype=torch.float32).eval()
+    figures = probe.figures(reloaded)
     passed = figures["relative_max_diff"] <= tolerance
     return write_verification(
-        out, "merged vs adapter logits (reloaded with plain transformers)", figures,
-        {"relative_max_diff": tolerance}, passed, inputs=len(prompts), saved_dtype=_name(save_dtype),
+        out, f"merged vs adapter logits (reloaded with plain transformers {probe.auto_class})", figures,
+        {"relative_max_diff": tolerance}, passed, inputs=probe.count, saved_dtype=_name(save_dtype),
     )
 
 

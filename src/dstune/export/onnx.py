@@ -30,7 +30,7 @@ from dstune.errors import DstuneError, ModelError
 from dstune.export.bundle import Bundle
 from dstune.export.quantize import quantize_dynamic_int8
 from dstune.export.runtime import OnnxCausalLM, load_exported, onnx_session
-from dstune.export.source import Deployable, load_deployable
+from dstune.export.source import Deployable, copy_heads, load_deployable, require_transformers_model
 from dstune.export.verify import logit_figures, require, sample_chat_prompts, sample_texts, write_verification
 
 FP32_RELATIVE_TOLERANCE = 1e-3  # float32 graph vs PyTorch: max |Δlogit| / max(1, max |logit|)
@@ -52,9 +52,12 @@ class ClassifierCheck:
         return model, {k: v[:2] for k, v in self.inputs.items()}
 
     def compare(self, directory: Path) -> dict[str, Any]:
-        got = load_exported(directory)(**self.inputs).logits
+        return self.figures(load_exported(directory)(**self.inputs).logits)
+
+    def figures(self, logits) -> dict[str, Any]:
+        """Figures of ``logits`` computed on :attr:`inputs` against the references (token level: real tokens only)."""
         mask = self.inputs["attention_mask"] if self.token_level else None
-        figures = logit_figures(self.expected, got, mask)
+        figures = logit_figures(self.expected, torch.as_tensor(logits), mask)
         figures["prediction_agreement"] = figures.pop("argmax_agreement")
         return figures
 
@@ -97,12 +100,14 @@ def export_onnx(source: Path, bundle: Bundle, settings: ExportSection, quantize:
                 log: Callable = print) -> list[dict[str, Any]]:
     """Export ``source`` to ``bundle/onnx`` (and ``bundle/onnx-int8``), verify each; return the verification records."""
     deployable = load_deployable(source, dtype="float32")
+    require_transformers_model(deployable, "--format onnx")
     check = (CausalLMCheck if deployable.task == "causal-lm" else ClassifierCheck)(deployable, settings)
     model = _plain_float32(deployable)
     out = bundle.fresh_dir("onnx")
     log(f"exporting {type(model).__name__} ({deployable.task}) to ONNX …")
     _export_graph(*check.export_target(model), out, settings)
     deployable.tokenizer.save_pretrained(out)
+    copy_heads(deployable.heads_dir, out)
     records = [_verify(bundle, "onnx", out, source, deployable.task, check, settings.fp32_min_agreement, True, log)]
     if quantize == "int8":
         target = bundle.fresh_dir("onnx-int8")
@@ -135,9 +140,9 @@ def _export_graph(module, inputs: dict, out: Path, settings: ExportSection) -> N
     except Exception as exc:  # torch.export / torch.onnx raise many unrelated types for unsupported code
         raise ModelError(
             f"ONNX export of {architecture} failed: {_first_line(exc)}",
-            hint="causal-LM ONNX export is verified for Llama- and Qwen2-architecture models (DeepSeek-R1-Distill-*, "
-            "deepseek-llm, SmolLM2) and tiny DeepSeek-V3; for models that do not export, use --format merged and "
-            "serve with vLLM (--debug shows the exporter's traceback)",
+            hint="causal-LM ONNX export is tested on Llama-architecture models (SmolLM2, R1-Distill-Llama, "
+            "deepseek-llm) and a tiny DeepSeek-V3 (MLA + MoE), and was checked by hand on a tiny Qwen2; for models "
+            "that do not export, use --format merged and serve with vLLM (--debug shows the exporter's traceback)",
         ) from exc
     exported.save_pretrained(out)
 

@@ -46,10 +46,13 @@ def quantize_dynamic_int8(source: Path, target: Path, *, per_channel: bool = Tru
 
 
 def copy_tokenizer_files(source: Path, target: Path) -> None:
-    """Copy the tokenizer (and chat template, generation config) files saved beside an artifact."""
+    """Copy the tokenizer (and chat template, generation config) files saved beside an artifact, and a run's
+    ``heads/`` label files (its tuned thresholds live only there)."""
     for name in _TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
+    if (source / "heads").is_dir():
+        shutil.copytree(source / "heads", target / "heads", dirs_exist_ok=True)
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,16 +1,17 @@
 """What can be exported, benchmarked or served: a run directory or a plain model, and its task.
 
-Three task kinds are deployable: ``causal-lm`` (SFT runs, any HF causal LM, a .gguf file),
-``sequence-classification`` and ``token-classification`` (plain Hugging Face
-``*ForSequenceClassification`` / ``*ForTokenClassification`` folders, and run directories whose
-``model/`` is one).
+Task kinds: ``causal-lm`` (SFT runs, any HF causal LM, a .gguf file), ``sequence-classification``
+and ``token-classification`` (plain Hugging Face ``*ForSequenceClassification`` /
+``*ForTokenClassification`` folders, and classification / token-classification runs), and
+``multitask`` (runs with one head per task; served only).
 
-Run directories are mapped by their ``task.type``. A task module that trains something else
-registers how its runs load with :func:`register_run_task`, e.g. the classification heads::
-
-    register_run_task("classification", "sequence-classification", load_classification_run)
-
-so that export, bench and serve work for it without changes here.
+Run directories are mapped by their ``task.type`` in :data:`RUN_TASKS`; a new trainable task
+registers how its runs load with :func:`register_run_task`. Labelled-task runs load through
+:func:`dstune.models.predict.load_predictor`, as ``dstune eval`` loads them: the model is either a
+transformers classification class (with its LoRA adapter; exportable, merged or ONNX) or dstune's
+own heads (:class:`~dstune.models.headed.HeadedModel`: served and evaluated, not exported, see
+:func:`require_transformers_model`). The run's predictor travels with the model, so that
+``/v1/classify`` decodes as ``dstune eval`` does (thresholds, hierarchy, word-level tags).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from dstune.config.deploy import DeploySection
 from dstune.errors import ModelError
 from dstune.models.inference import LoadedModel, load_for_inference
 
-TaskKind = Literal["causal-lm", "sequence-classification", "token-classification"]
-RunLoader = Callable[[Path, Any], LoadedModel]  # (run_dir, RunConfig) -> LoadedModel
+TaskKind = Literal["causal-lm", "sequence-classification", "token-classification", "multitask"]
+RunLoader = Callable[[Path, Any, "str | None"], LoadedModel]  # (run_dir, RunConfig, dtype) -> LoadedModel
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,21 @@ class Deployable:
     @property
     def is_run(self) -> bool:
         return self.loaded.config is not None
+
+    @property
+    def predictor(self):
+        """The run's :class:`~dstune.models.predict.Predictor` (labelled-task runs; None otherwise)."""
+        return self.loaded.predictor
+
+    @property
+    def heads_dir(self) -> Path | None:
+        """The run's ``heads/`` folder (label spaces, tuned thresholds), if it has one."""
+        from dstune.models.heads import HEADS_DIR
+
+        if self.predictor is None:
+            return None
+        weights = Path(self.loaded.source) / ("adapter" if self.loaded.kind == "adapter" else "model")
+        return weights / HEADS_DIR if (weights / HEADS_DIR).is_dir() else None
 
 
 def is_run_dir(path: Path) -> bool:
@@ -106,6 +122,67 @@ def deploy_settings(path: str | Path) -> DeploySection:
     return load_run_config(path).deploy or DeploySection()
 
 
+def require_transformers_model(deployable: Deployable, action: str) -> None:
+    """Raise a :class:`ModelError` unless ``deployable`` is a transformers model (a peft adapter allowed).
+
+    Runs with dstune's own heads are an ``AutoModel`` backbone plus ``heads/*.safetensors``: no
+    transformers class holds them, so they can be neither saved as a plain Hugging Face model nor
+    traced by transformers' ONNX exporter; they are served and evaluated with their predictor.
+    """
+    predictor = deployable.predictor
+    if predictor is None or predictor.implementation == "transformers":
+        return
+    raise ModelError(
+        f"{action} needs a plain transformers model, but this {deployable.task} run uses dstune's own heads "
+        f"({_why_dstune_heads(deployable)}): no transformers class holds them, so it can be neither merged into "
+        "a Hugging Face model folder, nor exported to ONNX, nor measured by `dstune bench`. It is still served "
+        f"by `dstune serve {deployable.loaded.source}` (POST /v1/classify decodes with its heads, as `dstune eval` "
+        "does), and its adapter and heads load without dstune (AutoModel + peft adapter + a torch.nn.Linear per "
+        "head from heads/<task>.safetensors on the pooled output; see dstune.models.heads)",
+        where=str(deployable.loaded.source),
+        hint="for an exportable model, train a single classification or token_classification task with "
+        "task.pooling: auto (last token on decoders, [CLS] on encoders) on an architecture that has an "
+        "AutoModelForSequenceClassification / AutoModelForTokenClassification class (Llama, Qwen2, DeepSeek-V3, "
+        "BERT-like encoders); multi-task runs are served, not exported",
+    )
+
+
+def _why_dstune_heads(deployable: Deployable) -> str:
+    """Why a run got dstune heads: several tasks, or a head transformers has no class for (see models.task_model)."""
+    specs = deployable.predictor.specs
+    if len(specs) > 1:
+        return f"{len(specs)} task heads on one backbone: {', '.join(s.name for s in specs)}"
+    model_type = getattr(deployable.model.config, "model_type", "this architecture")
+    if specs[0].space.kind == "token":
+        return f"transformers has no token classification class for {model_type}"
+    return (f"{specs[0].pooling} pooling on {model_type}: transformers' sequence classification classes pool "
+            "the last token on decoders and [CLS] on encoders, where the architecture has one")
+
+
+def copy_heads(heads: Path | None, target: Path) -> None:
+    """Copy a run's ``heads/`` (label spaces, tuned multi-label thresholds, hierarchy; see
+    :attr:`Deployable.heads_dir`) beside an artifact: the weights' config names the labels, but only these
+    files hold the thresholds the run decides with."""
+    import shutil
+
+    if heads is not None:
+        shutil.copytree(heads, Path(target) / heads.name, dirs_exist_ok=True)
+
+
+def _load_labelled_run(path: Path, config, dtype: str | None) -> LoadedModel:
+    """A classification / token-classification / multi-task run, loaded as `dstune eval` loads it."""
+    from dstune.models.predict import load_predictor
+
+    predictor = load_predictor(path, dtype=dtype)
+    kind = "adapter" if (path / "adapter").is_dir() else "model"
+    return LoadedModel(predictor.model, predictor.tokenizer, kind, path, config, predictor=predictor)
+
+
+register_run_task("classification", "sequence-classification", _load_labelled_run)
+register_run_task("token_classification", "token-classification", _load_labelled_run)
+register_run_task("multitask", "multitask", _load_labelled_run)
+
+
 def _load_run(path: Path, dtype: str | None) -> Deployable:
     from dstune.models.inference import load_run_config
 
@@ -113,16 +190,13 @@ def _load_run(path: Path, dtype: str | None) -> Deployable:
     settings = config.deploy or DeploySection()
     run_task = RUN_TASKS.get(config.task.type)
     if run_task is None:
-        kind = task_of_folder(path / "model") if (path / "model").is_dir() else None
-        if kind in (None, "causal-lm"):
-            raise ModelError(
-                f"runs of task.type {config.task.type!r} cannot be exported or served yet",
-                where=f"{path}/config.yaml",
-                hint="export the run's model/ folder directly if it is a Hugging Face classifier",
-            )
-        run_task = RunTask(kind)
+        raise ModelError(
+            f"runs of task.type {config.task.type!r} cannot be exported or served yet",
+            where=f"{path}/config.yaml",
+            hint=f"deployable run types: {', '.join(sorted(RUN_TASKS))}",
+        )
     if run_task.loader is not None:
-        loaded = run_task.loader(path, config)
+        loaded = run_task.loader(path, config, dtype)
     elif run_task.kind == "causal-lm":
         loaded = load_for_inference(path, dtype=dtype)
     else:

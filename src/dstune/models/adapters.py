@@ -29,7 +29,7 @@ from torch import nn
 from dstune.config.schema import MethodSection
 from dstune.errors import ConfigError, ModelError
 from dstune.models.fast_dropout import use_fast_dropout
-from dstune.models.frozen_precision import use_low_precision_frozen
+from dstune.models.frozen_precision import cpu_has_native_bf16, use_low_precision_frozen
 from dstune.models.registry import default_lora_targets
 
 if TYPE_CHECKING:
@@ -178,6 +178,10 @@ def _apply_lora(
         low = use_low_precision_frozen(peft_model, getattr(torch, method.frozen_dtype))
         notes.append(f"frozen weights in {method.frozen_dtype}: {low['parameters']:,} parameters in "
                      f"{low['modules']} Linear/Embedding modules; activations and adapters keep their dtype")
+        on_cpu = next(peft_model.parameters()).device.type == "cpu"
+        if on_cpu and method.frozen_dtype == "bfloat16" and cpu_has_native_bf16() is False:
+            notes.append("this CPU has no native bf16 (AVX512-BF16/AMX): its bf16 matmuls are emulated and far "
+                         "slower than float32; remove method.frozen_dtype here")
     if task.token_rows:
         # The new rows are in the adapter (trainable tokens); without this, peft would also save the whole
         # resized embedding matrices, because the vocabulary no longer matches the base model's.

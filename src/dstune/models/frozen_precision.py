@@ -17,6 +17,8 @@ and output embeddings) is converted only when every module using it can take it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -40,6 +42,18 @@ class _LowPrecisionEmbedding(nn.Embedding):
 
 
 _SWAPS = {nn.Linear: _LowPrecisionLinear, nn.Embedding: _LowPrecisionEmbedding}
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); None where /proc/cpuinfo is unreadable.
+
+    Without it torch emulates bf16 matmuls, about 100x slower than fp32 (seen on an AVX2-only EPYC).
+    """
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def use_low_precision_frozen(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:

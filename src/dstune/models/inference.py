@@ -16,6 +16,7 @@ class LoadedModel:
     kind: str  # "adapter" (base + PEFT adapter), "model" (full weights of a run) or "hf" (plain model)
     source: Path | str
     config: Any | None = None  # the run's RunConfig, when loaded from a run directory
+    predictor: Any | None = None  # labelled-task runs: their models.predict.Predictor (heads, labels, decoding)
 
 
 def load_run_config(run_dir: Path):

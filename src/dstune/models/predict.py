@@ -10,7 +10,8 @@
     #                "scores": {...}},
     #  "ner": {"tags": ["B-PER", ...], "entities": [{"type": "PER", "text": "...", "start": 0, "end": 3}]}}
 
-Classification tasks read the text as it is; token tasks split it into words (whitespace-separated
+Classification tasks read the text after the run's ``cleaning`` rewrites (term maps, regex rules,
+normalisation: what the model was trained on); token tasks split it into words (whitespace-separated
 runs, each CJK character on its own) or take a list of words.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from dstune.data.clean import Cleaner
 from dstune.data.labelled import encode_words, spaced_words, split_words
 from dstune.errors import ModelError
 from dstune.evaluate.metrics import extract_entities
@@ -35,12 +37,17 @@ class Predictor:
     specs: list[HeadSpec]
     implementation: str  # "dstune" | "transformers"
     max_length: int = 512
+    cleaner: Any = None  # the run's cleaning steps (dstune.data.clean.Cleaner): inputs are rewritten as in training
 
     def predict(self, text: str | list[str]) -> dict[str, Any]:
         """Every task's output for one text (or one list of words)."""
         return self.predict_batch([text])[0]
 
     def predict_batch(self, texts: list[str | list[str]]) -> list[dict[str, Any]]:
+        if self.cleaner:
+            # text-rewriting steps exist only where no task reads words (the config refuses them for token tasks)
+            texts = [t if isinstance(t, list) else cleaned for t, cleaned in
+                     zip(texts, self.cleaner.rewrite([t if isinstance(t, str) else "" for t in texts]))]
         out: list[dict[str, Any]] = [{} for _ in texts]
         for kind_group in ({"single", "multi"}, {"token"}):
             specs = [spec for spec in self.specs if spec.space.kind in kind_group]
@@ -119,7 +126,8 @@ def load_predictor(run_dir: str | Path, dtype: str | None = None) -> Predictor:
     tokenizer = AutoTokenizer.from_pretrained(weights)
     model_cfg = config.model.model_copy(update={"dtype": dtype} if dtype else {})
     model = _load_model(index, specs, weights, tokenizer, model_cfg).eval()
-    return Predictor(model, tokenizer, specs, index["implementation"], config.data.max_length)
+    cleaner = Cleaner.for_run(config.cleaning, tokenizer)
+    return Predictor(model, tokenizer, specs, index["implementation"], config.data.max_length, cleaner)
 
 
 def _load_model(index: dict, specs: list[HeadSpec], weights: Path, tokenizer, model_cfg):
@@ -129,15 +137,14 @@ def _load_model(index: dict, specs: list[HeadSpec], weights: Path, tokenizer, mo
     from dstune.config.schema import MethodSection
     from dstune.models.headed import HeadedModel
     from dstune.models.load import load_model
+    from dstune.models.task_model import label_config
 
     adapter = (weights / "adapter_config.json").is_file()
     if index["implementation"] == "transformers":
         auto = AutoModelForTokenClassification if specs[0].space.kind == "token" else AutoModelForSequenceClassification
         if not adapter:
             return auto.from_pretrained(weights)
-        names = specs[0].space.names
-        base = load_model(auto, model_cfg, MethodSection(type="lora"), id2label=dict(enumerate(names)),
-                          label2id={n: i for i, n in enumerate(names)}, pad_token_id=tokenizer.pad_token_id)
+        base = load_model(auto, model_cfg, MethodSection(type="lora"), **label_config(specs[0].space, tokenizer))
         return PeftModel.from_pretrained(_fit_vocab(base, tokenizer), weights)
     if adapter:
         backbone = load_model(AutoModel, model_cfg, MethodSection(type="lora"))

@@ -98,13 +98,7 @@ def _transformers_model(auto, config: RunConfig, spec: HeadSpec, tokenizer, new_
     from dstune.models.load import load_model
 
     space = spec.space
-    updates = {
-        "id2label": dict(enumerate(space.names)),
-        "label2id": {name: i for i, name in enumerate(space.names)},
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    if space.kind != "token":
-        updates["problem_type"] = "multi_label_classification" if space.kind == "multi" else "single_label_classification"
+    updates = label_config(space, tokenizer)
     if config.training.dropout is not None:
         updates["classifier_dropout"] = config.training.dropout
     model = load_model(auto, config.model, config.method, config.training.dropout, source, **updates)
@@ -129,6 +123,20 @@ def _headed_model(config: RunConfig, specs, tokenizer, new_tokens, source, loss_
     backbone, report = apply_method(backbone, config.method, task=task)
     model = HeadedModel(backbone, specs, loss_weighting)
     return TaskModel(model, build_report(model, config.method.type, report.notes), "dstune")
+
+
+def label_config(space, tokenizer) -> dict:
+    """The config fields of a transformers classification class for this label space: label names (so that
+    pipelines, exports and served results name the labels), padding, and single- vs multi-label scoring."""
+    updates = {
+        "id2label": dict(enumerate(space.names)),
+        "label2id": {name: i for i, name in enumerate(space.names)},
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if space.kind != "token":
+        updates["problem_type"] = ("multi_label_classification" if space.kind == "multi"
+                                   else "single_label_classification")
+    return updates
 
 
 def add_input_dropout(module: nn.Module, p: float) -> None:

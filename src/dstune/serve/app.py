@@ -122,8 +122,9 @@ def _target(state: ServerState, model: str, request: Request, user: str | None, 
 
 def _classifier(state: ServerState, model: str | None) -> ClassifierEngine:
     if not state.classifiers:
-        raise p.APIError(404, "no classification model is served; start dstune serve with a classifier "
-                              "(a *ForSequenceClassification / *ForTokenClassification model or run)",
+        raise p.APIError(404, "no classification model is served; start dstune serve with a classifier (a "
+                              "*ForSequenceClassification / *ForTokenClassification folder, or a classification, "
+                              "token_classification or multitask run)",
                          code="model_not_found")
     if model is None and len(state.classifiers) == 1:
         return next(iter(state.classifiers.values()))

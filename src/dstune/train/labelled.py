@@ -18,7 +18,7 @@ from dstune.models.heads import HeadSpec, SpecLoss
 from dstune.train.distributed import prepared_once
 from dstune.train.label_metrics import LabelledEvaluation, check_metric_name
 from dstune.train.rundir import RunDir
-from dstune.train.tasks import TaskParts, register_task
+from dstune.train.tasks import TaskParts, cleaning_note, register_task
 
 DEFAULT_HEAD_DROPOUT = 0.1
 
@@ -37,7 +37,8 @@ def build_labelled(config: RunConfig, run: RunDir, log: Callable = print) -> Tas
     task = LabelledSource(config.task.type, config.task.type, config.task, config.data.train, config.data.validation,
                           config.data.max_samples)
     data = prepared_once(run.prep, lambda: prepare_labelled_data(task, config.data, tokenizer, run.root,
-                                                                 seed=config.training.seed), LabelledData)
+                                                                 seed=config.training.seed, cleaning=config.cleaning),
+                         LabelledData)
     log_data(log, task.name, data, config.data.max_length)
     spec = head_spec(task.name, config.task, data, config.training.dropout)
     built = build_task_model(config, [spec], tokenizer, new_tokens, source)
@@ -104,7 +105,7 @@ def check_metrics(config: RunConfig, specs: list[HeadSpec], has_eval: bool) -> N
 def log_data(log: Callable, name: str, data: LabelledData, max_length: int) -> None:
     s = data.stats
     log(f"data ({name}): {s['rows_train']} train / {s['rows_eval']} eval rows, {len(data.space)} labels "
-        f"({s['rows_rejected']} rejected, {s['truncated']} truncated to {max_length} tokens)")
+        f"({s['rows_rejected']} rejected, {s['truncated']} truncated to {max_length} tokens)" + cleaning_note(s))
 
 
 def _settings(config: RunConfig, specs: list[HeadSpec]) -> list[LabelledTaskFields]:

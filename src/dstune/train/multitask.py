@@ -121,13 +121,20 @@ class TaskBatchStream(torch.utils.data.IterableDataset):
 def _prepare(task: LabelledSource, index: int, config: RunConfig, tokenizer, run: RunDir) -> LabelledData:
     try:
         return prepared_once(run.prep / task.name, lambda: prepare_labelled_data(
-            task, config.data, tokenizer, run.root, config.training.seed, task_index=index), LabelledData)
+            task, config.data, tokenizer, rejected_dir(run, task.name), config.training.seed, task_index=index,
+            cleaning=config.cleaning), LabelledData)
     except DataError as exc:
         raise DataError(f"task {task.name!r}: {exc.message}", where=exc.where or f"multitask.tasks.{task.name}",
                         hint=exc.hint) from None
 
 
+def rejected_dir(run: RunDir, task: str) -> Path:
+    """Where a task's skipped rows go (``<dir>/rejected.jsonl``): one file per task, so none overwrites another."""
+    return run.root / "rejected" / task
+
+
 def _stats(sources: list[LabelledSource], datas: list[LabelledData]) -> dict:
-    totals = {key: sum(d.stats[key] for d in datas) for key in ("rows_read", "rows_rejected", "rows_train",
-                                                                "rows_eval", "truncated", "tokens_train")}
+    keys = ["rows_read", "rows_rejected", "rows_train", "rows_eval", "truncated", "tokens_train"]
+    keys += [key for key in ("rows_cleaned", "rows_rejected_cleaning") if key in datas[0].stats]
+    totals = {key: sum(d.stats[key] for d in datas) for key in keys}
     return {**totals, "tasks": {task.name: data.stats for task, data in zip(sources, datas)}}

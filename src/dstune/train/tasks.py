@@ -78,7 +78,7 @@ def build_sft(config: RunConfig, run: RunDir, log: Callable = print) -> TaskPart
     tokenizer.chat_template = resolve_chat_template(tokenizer, config.data.chat_template)
     s = data.stats
     log(f"data: {s['rows_train']} train / {s['rows_eval']} eval rows ({s['rows_rejected']} rejected, "
-        f"{s['truncated']} truncated to {config.data.max_length} tokens)")
+        f"{s['truncated']} truncated to {config.data.max_length} tokens)" + cleaning_note(s))
     set_seed(config.training.seed)  # adapter init: the same in a fresh process and after another run
     model = load_causal_lm(config.model, config.method, config.training.dropout, source)
     resize_and_init(model, new_tokens, len(tokenizer))
@@ -89,6 +89,13 @@ def build_sft(config: RunConfig, run: RunDir, log: Callable = print) -> TaskPart
     collator = sft_collator(tokenizer, packing=config.training.packing)
     return TaskParts(tokenizer, model, data.train, data.eval, collator, data.stats, report,
                      eval_collator=padded_collator(tokenizer) if config.training.packing else None, causal_lm=True)
+
+
+def cleaning_note(stats: dict) -> str:
+    """What the cleaning steps did, for the data line of the log ('' when the run has none)."""
+    if "cleaning" not in stats:
+        return ""
+    return f"; cleaning changed {stats['rows_cleaned']} rows and rejected {stats['rows_rejected_cleaning']}"
 
 
 # classification, token_classification and multitask register themselves on import

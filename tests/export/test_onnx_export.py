@@ -60,6 +60,21 @@ def test_classifier_onnx_and_int8_match_pytorch_and_bench_compares_all_three(tin
     assert "CPUExecutionProvider" in result["providers"]["available"]
 
 
+def test_a_gpu_provider_that_falls_back_to_the_cpu_is_reported_not_benchmarked(tiny_classifier_dir, tmp_path,
+                                                                               monkeypatch):
+    import dstune.export.bench as bench_module
+
+    bundle, _ = export(tiny_classifier_dir, "onnx", output=tmp_path / "exp", log=_quiet)
+    # as on a CUDA machine whose ONNX Runtime lacks the CUDA libraries: the session silently runs on the CPU
+    monkeypatch.setattr(bench_module, "_providers", lambda: {"available": ["CPUExecutionProvider"],
+                                                             "gpu_tried": ["CUDAExecutionProvider"], "gpu_failed": {}})
+    result = bench_module.bench(bundle.root, BenchSection(batch_sizes=[1], seq_lens=[8], iterations=2, warmup=1),
+                                log=_quiet)
+    assert {r["backend"] for r in result["rows"]} == {"pytorch-eager", "onnx-fp32"}
+    (failure,) = result["providers"]["gpu_failed"].values()
+    assert "fell back to CPUExecutionProvider" in failure and "CUDAExecutionProvider did not start" in failure
+
+
 @pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_v3_dir"])  # v3: MLA attention + routed MoE
 def test_causal_lm_onnx_export_reproduces_greedy_decoding(model_fixture, request, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -90,9 +90,13 @@ def test_lora_sft_lowers_loss_and_adapter_reloads_with_plain_peft(tiny_v3_dir, c
         assert not torch.allclose(reloaded(input_ids=ids).logits, got, atol=1e-3)
 
 
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tiny_v3_dir, chat_data, tmp_path):
-    cfg = tiny_config(tiny_v3_dir, chat_data, tmp_path / "run", max_steps=8, logging_steps=1,
-                      eval_steps=4, save_steps=4, early_stopping_patience=None, save_total_limit=None)
+@pytest.mark.parametrize(("model_fixture", "lora_dropout"), [("tiny_v3_dir", 0.0), ("tiny_llama_dir", 0.1)])
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(model_fixture, lora_dropout, chat_data, tmp_path,
+                                                              request):
+    # with LoRA dropout, the masks after the resume must be the ones the uninterrupted run drew (RNG restored)
+    cfg = tiny_config(request.getfixturevalue(model_fixture), chat_data, tmp_path / "run", max_steps=8,
+                      logging_steps=1, eval_steps=4, save_steps=4, early_stopping_patience=None, save_total_limit=None)
+    cfg.method.dropout = lora_dropout
     train(cfg, log=lambda *a: None)
     run = tmp_path / "run"
     full = {r["step"]: r["loss"] for r in read_history(run / "history.jsonl") if "loss" in r}

@@ -70,3 +70,30 @@ def test_early_stopping_stops_a_run_whose_metric_does_not_improve(tiny_llama_dir
     assert evaluations[0]["eval_loss"] == evaluations[1]["eval_loss"]
     assert result.metrics["global_step"] == 4 < config.training.max_steps
     assert result.metrics["best_checkpoint"].endswith("checkpoint-2")
+
+
+def test_gradient_checkpointing_trains_with_the_same_losses(tiny_llama_dir, tmp_path, monkeypatch):
+    """Recomputing activations in backward changes memory, not the result (LoRA dropout masks included)."""
+    from transformers.models.llama import modeling_llama
+
+    calls = {}  # MLP forwards: the decoder layer's own forward carries transformers' checkpointing wrapper
+    forward = modeling_llama.LlamaMLP.forward
+
+    def counted(self, *args, **kwargs):
+        calls[current] = calls.get(current, 0) + 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
+    losses = {}
+    for checkpointing in (False, True):
+        current = checkpointing
+        (tmp_path / str(checkpointing)).mkdir()
+        config = sft_config(tiny_llama_dir, tmp_path / str(checkpointing),
+                            {"max_steps": 4, "logging_steps": 1, "eval_strategy": "no", "batch_size": 2,
+                             "gradient_checkpointing": checkpointing, "save_strategy": "no"})
+        train(config, **QUIET)
+        losses[checkpointing] = [r["loss"] for r in read_history(tmp_path / str(checkpointing) / "run" / "history.jsonl")
+                                 if "loss" in r]
+    assert len(losses[True]) == 4
+    assert calls[True] > calls[False]  # the layers really ran again in backward
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

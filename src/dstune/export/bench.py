@@ -131,6 +131,16 @@ def _providers() -> dict[str, Any]:
     return {"available": available, "gpu_tried": usable, "gpu_failed": {}}
 
 
+def _require_provider(exported, provider: str) -> None:
+    """Fail unless every session of ``exported`` runs on ``provider``: ONNX Runtime falls back to the CPU with
+    only a log line when a provider cannot start (missing CUDA/TensorRT libraries), and a CPU session
+    labelled ``[tensorrt]`` would be a false figure."""
+    for name, runner in exported.runners.items():
+        active = runner.session.get_providers()
+        if provider not in active:
+            raise RuntimeError(f"ONNX Runtime fell back to {', '.join(active)} for {name}: {provider} did not start")
+
+
 def _eager(deployable: Deployable, model, name: str, device: str = "cpu") -> Backend:
     @torch.no_grad()
     def run(inputs: dict) -> Any:
@@ -170,6 +180,8 @@ def _onnx_backends(name: str, directory: Path, task: str, threads: int, provider
 
 def _onnx_backend(label: str, directory: Path, task: str, threads: int, providers: list | None) -> Backend:
     exported = load_exported(directory, threads=threads, providers=providers)
+    if providers:
+        _require_provider(exported, providers[0])
     if task != "causal-lm":
         return Backend(label, lambda inputs: exported(**inputs))
     lm = OnnxCausalLM(onnx_session(exported))

@@ -41,7 +41,10 @@ def test_distillation_loss_matches_the_kl_formula_and_ignores_vocab_padding():
     expected = (p_t * (p_t.log() - p_s.log())).sum(-1).mean() * 4
     assert distillation_loss(student, teacher, 2.0).item() == pytest.approx(expected.item(), rel=1e-5)
     padded = torch.cat([teacher, torch.full((3, 5), -3.0)], dim=-1)  # a teacher with a padded embedding
-    assert distillation_loss(student, padded, 2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distillation_loss(student, padded, 2.0, vocab_size=7).item() == pytest.approx(expected.item(), rel=1e-5)
+    for vocab_size in (None, 9):  # no tokenizer length given, or the student does not cover it: not padding
+        with pytest.raises(ConfigError, match="12 columns and the student.s 7"):
+            distillation_loss(student, padded, 2.0, vocab_size=vocab_size)
 
 
 @pytest.fixture(scope="module")

@@ -81,13 +81,16 @@ class EWCSection(Section):
 
 class DistillSection(Section):
     """Knowledge distillation: ``(1 - alpha) * task loss + alpha * T^2 * KL`` between teacher and student
-    distributions at the supervised positions (every assistant token; every token of replayed text)."""
+    distributions at the supervised positions (every assistant token; every token of replayed text; every
+    labelled row or token of a classification task)."""
 
     teacher: str = Field(
         "base",
         description="base: the model this run starts from (LoRA: the same weights with adapters disabled, no "
         "second copy; full/freeze: a frozen copy); or a finished run directory; or a model id / folder with "
-        "the same tokenizer.",
+        "the same tokenizer. classification / token_classification: a finished run directory of such a task "
+        "(one task, pooling: auto) with the same labels in the same order, e.g. the previous task's run; base "
+        "only when model.name is already a classifier trained on these labels (else its head is untrained).",
     )
     temperature: float = Field(2.0, gt=0, description="Softmax temperature T for both distributions.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the distillation term against the task loss.")

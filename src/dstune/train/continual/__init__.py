@@ -64,7 +64,8 @@ def _distill_hook(config: RunConfig, parts: TaskParts, shift: bool, log: Callabl
 
     settings = config.continual.distill
     teacher = build_teacher(config, parts.model, parts.tokenizer, log)
-    return DistillationHook(teacher, settings, shift=shift, cache=settings.cache_teacher)
+    vocab_size = len(parts.tokenizer) if config.task.type == "sft" else None  # logits may be padded beyond it
+    return DistillationHook(teacher, settings, shift=shift, cache=settings.cache_teacher, vocab_size=vocab_size)
 
 
 def _ewc_hook(config: RunConfig, parts: TaskParts, run: RunDir, shift: bool, log: Callable):

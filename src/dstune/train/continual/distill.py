@@ -6,8 +6,18 @@ assistant token of an SFT example (and every token of replayed text), every labe
 of a classification batch. It works on logits only, so any task whose model returns ``logits``
 can use it.
 
-Teachers: the run's own base weights with the LoRA adapters disabled (no second copy in memory),
-or a separate frozen model (a finished run, a model id or folder with the same tokenizer).
+Teachers (``continual.distill.teacher``):
+
+- SFT: ``base``, the run's own base weights with the LoRA adapters disabled (no second copy in
+  memory; full/freeze: a frozen copy), or a separate frozen model: a finished run, a model id or
+  folder with the same tokenizer.
+- classification / token_classification: logits are compared label by label, so the teacher must
+  have the student's label names in the same order. The usual teacher is the previous task's
+  finished run directory (transformers classification class, one task, same labels, same
+  vocabulary). ``base`` is accepted only when ``model.name`` is itself a classifier trained on these
+  labels (its config's ``id2label`` equals the run's labels): otherwise the base head is the new,
+  randomly initialised one. Students with dstune's own heads (``pooling: mean``, multitask) return a
+  dict of logits per task and are refused for now.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
-from dstune.errors import ConfigError
+from dstune.errors import ConfigError, ModelError
 from dstune.train.continual.data import model_device, model_inputs, supervised_logits
 
 if TYPE_CHECKING:
@@ -28,17 +38,27 @@ if TYPE_CHECKING:
 
 
 def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, direction: str = "forward"
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, direction: str = "forward",
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """``T^2 * KL`` between the softened distributions, averaged over rows (``[N, V]`` logits each).
 
     forward: KL(teacher || student), the classic Hinton loss; reverse: KL(student || teacher). Both
-    are zero exactly when the two distributions agree. Logits are cut to the shorter vocabulary
-    (checkpoints pad their embedding matrices differently).
+    are zero exactly when the two distributions agree. Logits of different widths are cut to the
+    shorter one only when both cover ``vocab_size`` (the tokenizer's length: checkpoints pad their
+    embedding matrices differently); any other mismatch (label sets, vocabularies) is an error.
     """
+    width = min(student.size(-1), teacher.size(-1))
+    if student.size(-1) != teacher.size(-1) and (vocab_size is None or width < vocab_size):
+        raise ConfigError(
+            f"the teacher's logits have {teacher.size(-1)} columns and the student's {student.size(-1)}"
+            + (f" (the tokenizer has {vocab_size} tokens)" if vocab_size is not None else "")
+            + ": they do not describe the same outputs",
+            where="continual.distill.teacher",
+            hint="use a teacher with the same tokenizer (SFT) or the same labels in the same order (classification)",
+        )
     if student.size(0) == 0:  # no supervised position in this batch
         return student.sum() * 0.0
-    width = min(student.size(-1), teacher.size(-1))
     s = nn.functional.log_softmax(student[..., :width].float() / temperature, dim=-1)
     t = nn.functional.log_softmax(teacher[..., :width].float() / temperature, dim=-1)
     p, q = (t, s) if direction == "forward" else (s, t)
@@ -82,17 +102,19 @@ class DistillationHook:
     are kept by token content, so later epochs skip the teacher's forward pass.
     """
 
-    def __init__(self, teacher: Teacher, settings: DistillSection, *, shift: bool, cache: bool = False) -> None:
+    def __init__(self, teacher: Teacher, settings: DistillSection, *, shift: bool, cache: bool = False,
+                 vocab_size: int | None = None) -> None:
         self.teacher = teacher
         self.settings = settings
         self.shift = shift
+        self.vocab_size = vocab_size  # SFT: the tokenizer's length (logits may be padded beyond it)
         self.cache: dict[bytes, torch.Tensor] | None = {} if cache else None
 
     def __call__(self, model, inputs, outputs, loss):
         labels = inputs.get("labels")
         student = supervised_logits(outputs.logits, labels, self.shift)
         teacher = self.teacher_rows(model, inputs).to(student.device)
-        kl = distillation_loss(student, teacher, self.settings.temperature, self.settings.direction)
+        kl = distillation_loss(student, teacher, self.settings.temperature, self.settings.direction, self.vocab_size)
         alpha = self.settings.alpha
         return (1.0 - alpha) * loss + alpha * kl, {"distill_kl": float(kl.detach())}
 
@@ -145,24 +167,146 @@ def _unwrap(model: nn.Module) -> nn.Module:
 # --- building the teacher from the config ------------------------------------------------------
 
 
+LABELLED_TASKS = ("classification", "token_classification")
+
+
 def build_teacher(config: RunConfig, model: nn.Module, tokenizer, log=print) -> Teacher:
-    """The teacher ``continual.distill.teacher`` names, checked against the student's tokenizer."""
+    """The teacher ``continual.distill.teacher`` names, checked against the student's tokenizer (and labels)."""
     from peft import PeftModel
 
+    from dstune.models.headed import HeadedModel
+
     spec = config.continual.distill.teacher
+    if isinstance(_unwrap(model), HeadedModel):
+        raise ConfigError(
+            "distillation needs a transformers classification class (pooling: auto) for now: this run uses "
+            "dstune's own heads (pooling: mean, multitask, or an architecture without such a class), which "
+            "return a dict of logits per task that the distillation cannot compare yet",
+            where="continual.distill",
+            hint="use task.pooling: auto on an architecture with a *ForSequenceClassification / "
+            "*ForTokenClassification class, or remove continual.distill for this run",
+        )
+    if config.task.type in LABELLED_TASKS:
+        return _labelled_teacher(config, model, tokenizer, spec, log)
+    if config.task.type != "sft":
+        raise ConfigError(
+            f"distillation is not supported for task.type {config.task.type!r} yet",
+            where="continual.distill.teacher",
+            hint="remove continual.distill for this run",
+        )
     if spec == "base" and isinstance(model, PeftModel):
         log("distill: teacher = the base weights with the LoRA adapters disabled (no second copy)")
         return AdapterOffTeacher()
-    if config.task.type != "sft":
-        raise ConfigError(
-            f"a separate teacher model is not supported for task.type {config.task.type!r} yet",
-            where="continual.distill.teacher",
-            hint="use method.type: lora with teacher: base (the base weights with the adapters disabled)",
-        )
     teacher_model, teacher_tokenizer = _load_teacher(config, spec)
     check_same_vocabulary(tokenizer, teacher_tokenizer, spec)
     log(f"distill: teacher = {spec if spec != 'base' else config.model.name} (a separate frozen copy)")
     return FrozenTeacher(teacher_model)
+
+
+def _labelled_teacher(config: RunConfig, model: nn.Module, tokenizer, spec: str, log) -> Teacher:
+    """Classification / token classification: a teacher with exactly the student's labels, in order."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    from dstune.models.predict import load_predictor
+
+    labels = label_names(model)
+    if spec == "base":
+        base = _base_labels(config)
+        if base != labels:
+            raise ConfigError(
+                f"teacher: base would distil towards the classification head of {config.model.name!r}, which "
+                f"is not trained on this run's labels {labels} (its config names {base}): the head is newly "
+                "initialised, so its logits are random",
+                where="continual.distill.teacher",
+                hint="set teacher to a finished classification run directory with the same labels in the same "
+                "order (e.g. the previous task's run), or model.name to a classifier trained on these labels",
+            )
+        if isinstance(model, PeftModel):
+            log("distill: teacher = the base classifier with the LoRA adapters disabled (no second copy)")
+            return AdapterOffTeacher()
+        teacher_model, teacher_tokenizer = _load_base_classifier(config)
+        check_same_vocabulary(tokenizer, teacher_tokenizer, spec)
+        log(f"distill: teacher = {config.model.name} (a separate frozen copy)")
+        return FrozenTeacher(teacher_model)
+    if not (Path(spec) / "config.yaml").is_file():
+        raise ConfigError(
+            f"the teacher {spec!r} is not a finished run directory (no config.yaml in it)",
+            where="continual.distill.teacher",
+            hint="for classification the teacher is a finished classification run directory with the same "
+            "labels (e.g. the previous task's run), or base when model.name is already such a classifier",
+        )
+    try:
+        predictor = load_predictor(spec)
+    except ModelError as exc:
+        raise ConfigError(
+            f"the teacher run {spec!r} cannot be loaded as a classification run: {exc.message}",
+            where="continual.distill.teacher",
+            hint="use a finished classification / token_classification run directory with the same labels",
+        ) from None
+    if predictor.implementation != "transformers" or len(predictor.specs) != 1:
+        raise ConfigError(
+            f"the teacher run {spec!r} uses dstune's own heads ({len(predictor.specs)} task(s)), whose logits "
+            "come as a dict per task: distillation cannot compare them yet",
+            where="continual.distill.teacher",
+            hint="use a teacher run with one task trained through a transformers classification class "
+            "(pooling: auto)",
+        )
+    teacher_space = predictor.specs[0].space
+    teacher_labels = list(teacher_space.names)
+    kind = "token" if config.task.type == "token_classification" else "multi" if config.task.multi_label else "single"
+    if teacher_space.kind != kind:
+        raise ConfigError(
+            f"the teacher run {spec!r} predicts {_KINDS[teacher_space.kind]} and this run {_KINDS[kind]}",
+            where="continual.distill.teacher",
+            hint=f"use a finished {config.task.type} run of the same kind, with the same labels, as teacher",
+        )
+    if teacher_labels != labels:
+        raise ConfigError(
+            f"the teacher run {spec!r} has the labels {teacher_labels} and this run {labels}: distillation "
+            "compares logits label by label, so both must be the same labels in the same order",
+            where="continual.distill.teacher",
+            hint=f"set task.labels: {teacher_labels} (if the new data uses these labels) or use a teacher "
+            "trained on this run's label set",
+        )
+    check_same_vocabulary(tokenizer, predictor.tokenizer, spec)
+    log(f"distill: teacher = the classification run {spec} (a separate frozen copy)")
+    return FrozenTeacher(predictor.model)
+
+
+_KINDS = {"single": "one label per text", "multi": "several labels per text", "token": "a tag per token"}
+
+
+def label_names(model: nn.Module) -> list[str]:
+    """The label names of a transformers classification model (optionally inside peft), in output order."""
+    inner = _unwrap(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    id2label = inner.config.id2label or {}
+    return [id2label[key] for key in sorted(id2label, key=int)]
+
+
+def _base_labels(config: RunConfig) -> list[str]:
+    """The label names in ``model.name``'s own config (a plain backbone has transformers' LABEL_0, LABEL_1)."""
+    from transformers import AutoConfig
+
+    from dstune.models.load import _from_pretrained, resolve_source
+
+    base = _from_pretrained(AutoConfig, resolve_source(config.model), config.model, local_files_only=True)
+    id2label = getattr(base, "id2label", None) or {}
+    return [id2label[key] for key in sorted(id2label, key=int)]
+
+
+def _load_base_classifier(config: RunConfig):
+    """(model, tokenizer): a fresh copy of ``model.name`` as its transformers classification class."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from dstune.config.schema import MethodSection
+    from dstune.models.load import load_model, load_tokenizer
+
+    auto = AutoModelForTokenClassification if config.task.type == "token_classification" else (
+        AutoModelForSequenceClassification)
+    return load_model(auto, config.model, MethodSection(type="full")), load_tokenizer(config.model)
 
 
 def _load_teacher(config: RunConfig, spec: str):

@@ -79,3 +79,16 @@ def test_unknown_architecture_uses_all_linear():
 def test_default_targets_are_a_fresh_list():
     default_lora_targets("llama").append("lm_head")
     assert "lm_head" not in default_lora_targets("llama")
+
+
+def test_an_uncached_hub_model_offline_says_so_and_how_to_use_a_local_folder(monkeypatch):
+    from dstune.config.schema import MethodSection, ModelSection
+    from dstune.errors import ModelError
+    from dstune.models.load import load_causal_lm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError) as caught:  # an alias: resolved to its hub id, which is not in the cache
+        load_causal_lm(ModelSection(name="r1-distill-qwen-1.5b"), MethodSection(type="lora"))
+    text = str(caught.value)
+    assert "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" in text and "not in the local Hugging Face cache" in text
+    assert "model.name" in text and "local folder" in text

@@ -34,6 +34,19 @@ def test_distillation_loss_is_zero_when_student_equals_teacher(direction):
     assert other.item() > 0.01
 
 
+def test_multi_label_distillation_is_a_bernoulli_kl_per_label():
+    student, teacher = torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, -1.0]])
+    # by hand at T = 1: sum over labels of p log(p/q) + (1 - p) log((1 - p)/(1 - q)), p = sigmoid(teacher)
+    p, q = torch.sigmoid(teacher), torch.sigmoid(student)
+    expected = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).sum().item()
+    assert distillation_loss(student, teacher, independent=True).item() == pytest.approx(expected, rel=1e-5)
+    assert distillation_loss(teacher, teacher, independent=True).item() == pytest.approx(0.0, abs=1e-7)
+    # a softmax over the row would call [0, 1] and [10, 11] the same distribution; independent labels do not
+    assert distillation_loss(torch.tensor([[10.0, 11.0]]), torch.tensor([[0.0, 1.0]])).item() == pytest.approx(0.0,
+                                                                                                               abs=1e-6)
+    assert distillation_loss(torch.tensor([[10.0, 11.0]]), torch.tensor([[0.0, 1.0]]), independent=True).item() > 1.0
+
+
 def test_distillation_loss_matches_the_kl_formula_and_ignores_vocab_padding():
     torch.manual_seed(1)
     student, teacher = torch.randn(3, 7), torch.randn(3, 7)

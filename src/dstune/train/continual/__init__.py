@@ -65,7 +65,9 @@ def _distill_hook(config: RunConfig, parts: TaskParts, shift: bool, log: Callabl
     settings = config.continual.distill
     teacher = build_teacher(config, parts.model, parts.tokenizer, log)
     vocab_size = len(parts.tokenizer) if config.task.type == "sft" else None  # logits may be padded beyond it
-    return DistillationHook(teacher, settings, shift=shift, cache=settings.cache_teacher, vocab_size=vocab_size)
+    independent = config.task.type == "classification" and config.task.multi_label  # sigmoid per label
+    return DistillationHook(teacher, settings, shift=shift, cache=settings.cache_teacher, vocab_size=vocab_size,
+                            independent=independent)
 
 
 def _ewc_hook(config: RunConfig, parts: TaskParts, run: RunDir, shift: bool, log: Callable):

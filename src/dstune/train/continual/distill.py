@@ -39,9 +39,12 @@ if TYPE_CHECKING:
 
 def distillation_loss(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, direction: str = "forward",
-    vocab_size: int | None = None,
+    vocab_size: int | None = None, independent: bool = False,
 ) -> torch.Tensor:
     """``T^2 * KL`` between the softened distributions, averaged over rows (``[N, V]`` logits each).
+
+    ``independent`` (multi-label classification: one sigmoid per label): the sum over labels of the
+    KL between the two Bernoulli distributions of each label, instead of one softmax over the row.
 
     forward: KL(teacher || student), the classic Hinton loss; reverse: KL(student || teacher). Both
     are zero exactly when the two distributions agree. Logits of different widths are cut to the
@@ -59,8 +62,16 @@ def distillation_loss(
         )
     if student.size(0) == 0:  # no supervised position in this batch
         return student.sum() * 0.0
-    s = nn.functional.log_softmax(student[..., :width].float() / temperature, dim=-1)
-    t = nn.functional.log_softmax(teacher[..., :width].float() / temperature, dim=-1)
+    student, teacher = student[..., :width].float() / temperature, teacher[..., :width].float() / temperature
+    if independent:
+        # log p(on), log p(off) of each label, as a trailing axis of two outcomes
+        s = torch.stack([nn.functional.logsigmoid(student), nn.functional.logsigmoid(-student)], dim=-1)
+        t = torch.stack([nn.functional.logsigmoid(teacher), nn.functional.logsigmoid(-teacher)], dim=-1)
+        p, q = (t, s) if direction == "forward" else (s, t)
+        kl = (p.exp() * (p - q)).sum(dim=(-1, -2)).mean()
+        return kl * temperature**2
+    s = nn.functional.log_softmax(student, dim=-1)
+    t = nn.functional.log_softmax(teacher, dim=-1)
     p, q = (t, s) if direction == "forward" else (s, t)
     kl = nn.functional.kl_div(q, p, reduction="batchmean", log_target=True)
     return kl * temperature**2
@@ -103,8 +114,9 @@ class DistillationHook:
     """
 
     def __init__(self, teacher: Teacher, settings: DistillSection, *, shift: bool, cache: bool = False,
-                 vocab_size: int | None = None) -> None:
+                 vocab_size: int | None = None, independent: bool = False) -> None:
         self.teacher = teacher
+        self.independent = independent  # multi-label: per-label Bernoulli KL
         self.settings = settings
         self.shift = shift
         self.vocab_size = vocab_size  # SFT: the tokenizer's length (logits may be padded beyond it)
@@ -114,7 +126,8 @@ class DistillationHook:
         labels = inputs.get("labels")
         student = supervised_logits(outputs.logits, labels, self.shift)
         teacher = self.teacher_rows(model, inputs).to(student.device)
-        kl = distillation_loss(student, teacher, self.settings.temperature, self.settings.direction, self.vocab_size)
+        kl = distillation_loss(student, teacher, self.settings.temperature, self.settings.direction, self.vocab_size,
+                               self.independent)
         alpha = self.settings.alpha
         return (1.0 - alpha) * loss + alpha * kl, {"distill_kl": float(kl.detach())}
 

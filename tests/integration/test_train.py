@@ -142,6 +142,26 @@ def test_mlflow_embedded_store_gets_params_metrics_and_config(tiny_v3_dir, chat_
     assert any(a.path == "config.yaml" for a in client.list_artifacts(run.info.run_id))
 
 
+def test_a_run_that_crashes_is_failed_in_mlflow_with_its_config(tiny_v3_dir, chat_data, tmp_path, monkeypatch):
+    import mlflow
+
+    import dstune.train.recipe as recipe
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(recipe, "_measure", crash)  # the first thing done inside the MLflow run
+    cfg = tiny_config(tiny_v3_dir, chat_data, tmp_path / "runs" / "demo", max_steps=2, eval_steps=2)
+    cfg.tracking.mlflow.enabled = True
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(cfg, log=lambda *a: None)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("dstune").experiment_id])
+    assert run.info.status == "FAILED"
+    assert any(a.path == "config.yaml" for a in client.list_artifacts(run.info.run_id))
+    assert not (tmp_path / "runs" / "demo" / "metrics.json").exists()  # nothing looks finished
+
+
 def test_finished_run_is_not_overwritten(tiny_v3_dir, chat_data, tmp_path):
     from dstune.errors import ConfigError
 

@@ -92,7 +92,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
             plot = plot_training(read_history(run.history), run.plots / "loss.png")
             plots = ([plot] if plot else []) + [p for cb in _run_callbacks(parts) for p in cb.plots()]
             write_json_atomic(run.metrics, metrics)
-            log_summary(mlflow_run, run.config, metrics)
+            log_summary(mlflow_run, metrics)
     return TrainResult(
         run=run,
         weights_dir=weights,

@@ -57,6 +57,9 @@ def tracking_run(config: RunConfig, output_dir: Path, is_main: bool = True) -> I
         mlflow.create_experiment(settings.experiment, artifact_location=artifacts)
     mlflow.set_experiment(settings.experiment)
     run = mlflow.start_run(run_name=settings.run_name or Path(output_dir).name)
+    resolved = Path(output_dir) / "config.yaml"
+    if resolved.is_file():  # at the start, so that a run that crashes still shows what it was asked to do
+        mlflow.log_artifact(str(resolved))
     try:
         yield run
     except BaseException:
@@ -66,13 +69,12 @@ def tracking_run(config: RunConfig, output_dir: Path, is_main: bool = True) -> I
         mlflow.end_run()
 
 
-def log_summary(run, config_path: Path, metrics: dict[str, float]) -> None:
-    """Add the resolved config (as an artifact) and the final metrics to the open MLflow run."""
+def log_summary(run, metrics: dict[str, float]) -> None:
+    """Add the final metrics to the open MLflow run (the resolved config was logged when it opened)."""
     if run is None:
         return
     import mlflow
 
-    mlflow.log_artifact(str(config_path))
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     mlflow.log_metrics({f"final/{k}": v for k, v in numeric.items()})
 

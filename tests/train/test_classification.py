@@ -167,3 +167,55 @@ def test_a_row_emptied_by_cleaning_stops_the_run_by_default(tiny_bert_dir, tmp_p
     with pytest.raises(DataError, match=f"{re.escape(str(data))}:10: cleaning step 1:regex left text piece 1 empty"):
         train(cfg, **QUIET)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# --- multi-label and hierarchical labels, end to end: train, save, reload, predict ------------------------
+
+
+def test_multi_label_run_tunes_thresholds_saves_them_and_predicts_label_sets(tiny_bert_dir, tmp_path):
+    import random
+
+    from dstune.testing import TOY_CLASSES
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(96):  # one or two topics per text
+        labels = sorted(rng.sample(sorted(TOY_CLASSES), 1 + i % 2))
+        words = [w for label in labels for w in rng.sample(TOY_CLASSES[label], 3)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": labels})
+    data = write_jsonl(tmp_path / "multi.jsonl", rows)
+    cfg = classification_config(tiny_bert_dir, data, tmp_path / "run", {"multi_label": True}, learning_rate=1e-2,
+                                max_steps=40, eval_steps=20, metric_for_best="eval_micro_f1")
+    m = train(cfg, **QUIET).metrics
+    assert m["eval_loss_after"] < 0.8 * m["eval_loss_before"] and m["eval_micro_f1_after"] > m["eval_micro_f1_before"]
+    card = json.loads((tmp_path / "run" / "adapter" / "heads" / "classification.json").read_text())
+    tuned = m["eval_thresholds"]
+    assert set(tuned) == set(TOY_CLASSES) and tuned != {name: 0.5 for name in TOY_CLASSES}  # really tuned
+    saved = dict(zip(card["labels"], card["thresholds"]))  # ... and saved with the head
+    assert saved == pytest.approx(tuned, abs=1e-6)
+
+    predictor = load_predictor(tmp_path / "run")
+    assert [round(t, 6) for t in predictor.specs[0].space.thresholds] == [round(tuned[n], 6) for n in
+                                                                          predictor.specs[0].space.names]
+    out = predictor.predict("artificial intelligence science 合同 甲方 付款")["classification"]
+    assert set(out["labels"]) <= set(TOY_CLASSES) and set(out["scores"]) == set(TOY_CLASSES)
+    chosen = {n for n, t in zip(predictor.specs[0].space.names, predictor.specs[0].space.thresholds)
+              if out["scores"][n] >= t}
+    assert set(out["labels"]) == chosen  # decided by the tuned thresholds, not 0.5
+
+
+def test_hierarchical_run_predicts_consistent_paths_and_reports_every_level(tiny_bert_dir, tmp_path):
+    paths = {"greet": "social/greet", "ai": "tech/ai", "contract": "legal/contract"}
+    rows = [{"text": r["text"], "label": paths[r["label"]]} for r in toy_classification_rows(96)]
+    data = write_jsonl(tmp_path / "paths.jsonl", rows)
+    cfg = classification_config(tiny_bert_dir, data, tmp_path / "run", {"hierarchical": True}, learning_rate=1e-2,
+                                max_steps=40, eval_steps=20)
+    m = train(cfg, **QUIET).metrics
+    assert m["eval_loss_after"] < 0.8 * m["eval_loss_before"]
+    assert any(key.startswith("eval_level") for key in m), sorted(m)  # metrics per level of the tree
+    predictor = load_predictor(tmp_path / "run")
+    for text in ["hello how are you", "合同 甲方 付款", "artificial intelligence science"]:
+        out = predictor.predict(text)["classification"]
+        assert out["label"] in paths.values()
+        assert out["path"] == [out["label"].split("/")[0], out["label"]]  # parent first, always consistent

@@ -157,3 +157,31 @@ def test_eval_of_a_token_classifier_reports_entity_f1(tmp_path):
     assert {"f1", "precision", "recall", "token_accuracy", "ece"} <= set(body["metrics"])
     first = json.loads((tmp_path / "e" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert first["reference"] == "B-ORG I-ORG I-ORG B-PER O B-PER O O" and len(first["prediction"].split()) == 8
+
+
+def test_eval_and_compare_on_a_trained_classification_run(lora_classifier_run, tiny_bert_dir, tmp_path):
+    """The run directory itself (adapter + head + label names), as a user evaluates what `dstune train` left."""
+    from dstune.models.predict import load_predictor
+    from dstune.testing import toy_classification_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "test.jsonl", toy_classification_rows(24, seed=11))
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", str(lora_classifier_run), "--data", str(data), "--out", str(out),
+                                      "--sample", "5"])
+    assert result.exit_code == 0, result.output
+    body = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert body["task"] == "classification" and body["confusion"]["rows"] == ["ai", "contract", "greet"]
+    predicted = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    expected = [p["classification"]["label"] for p in load_predictor(lora_classifier_run).predict_batch(
+        [r["text"] for r in rows])]
+    assert predicted == expected  # eval scores what the run predicts
+    accuracy = sum(p == r["label"] for p, r in zip(predicted, rows)) / len(rows)
+    assert body["metrics"]["accuracy"] == pytest.approx(accuracy)
+
+    result = CliRunner().invoke(app, ["compare", str(lora_classifier_run), str(lora_classifier_run), "--data",
+                                      str(data), "--out", str(tmp_path / "aa.json"), "--set", "bootstrap=200",
+                                      "--no-judge"])
+    assert result.exit_code == 0, result.output
+    metrics = {m["metric"]: m for m in json.loads((tmp_path / "aa.json").read_text())["metrics"]}
+    assert metrics["accuracy"]["p_value"] == pytest.approx(1.0) and not metrics["accuracy"]["significant"]

@@ -65,6 +65,15 @@ def is_adapted(model: nn.Module, module_name: str) -> bool:
 # --- LoRA on DeepSeek-V3 -----------------------------------------------------------------------
 
 
+def linear_lora_dropouts(model) -> set[float]:
+    """The input dropout probability of every Linear LoRA layer (ParamWrapper layers have none)."""
+    from peft.tuners.lora.layer import ParamWrapper
+
+    return {d.p if isinstance(d, torch.nn.Dropout) else 0.0 for m in model.modules()
+            if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict) and not isinstance(m, ParamWrapper)
+            for d in m.lora_dropout.values()}
+
+
 def test_v3_defaults_adapt_mla_dense_and_shared_mlp_but_not_routed_experts(v3):
     expected = linear_names(v3, MLA + MLP) - {"lm_head"}
     assert "model.layers.0.mlp.gate_proj" in expected and "model.layers.1.mlp.shared_experts.down_proj" in expected
@@ -78,8 +87,10 @@ def test_v3_defaults_adapt_mla_dense_and_shared_mlp_but_not_routed_experts(v3):
     assert not is_adapted(model, "lm_head")
     assert any("q_proj" in note and "skipped" in note for note in report.notes)  # V2-Lite's name, absent on V3
     if model.peft_config["default"].target_parameters:  # the peft MoE rewrite was routed around
+        # peft's one lora_dropout must be 0 for its ParamWrapper; the Linear (MLA) adapters keep 0.1 all the same
         assert model.peft_config["default"].lora_dropout == 0.0
-        assert any("dropout set to 0" in note for note in report.notes)
+        assert any("lora dropout 0.1 on the Linear adapters" in note for note in report.notes)
+        assert linear_lora_dropouts(model) == {0.1}
 
     perturb_lora_b(model)
     assert params_without_grad(model) == []
@@ -141,7 +152,7 @@ def test_experts_target_adapts_the_routed_experts(v3):
     model, report = apply_method(v3, lora(r=4, targets=["experts"], dropout=0.05))
     assert adapted_targets(model) == (set(), ROUTED_EXPERTS)
     assert model.peft_config["default"].lora_dropout == 0.0
-    assert any("dropout set to 0" in note for note in report.notes)
+    assert any("0 on model.layers.*.mlp.experts" in note for note in report.notes)
     # (experts, out, in) weights get A: (r * experts, in) and B: (out, r * experts)
     by_group = {g["group"]: g for g in report.groups}
     assert by_group["model.layers.*.mlp.experts.gate_up_proj"]["trainable_params"] == 4 * 4 * (64 + 64)

@@ -50,11 +50,15 @@ def test_dropout_override_reaches_the_model_config_and_the_lora_dropout(tiny_lla
             for d in m.lora_dropout.values()]
     assert lora and all(type(d) is FastDropout and d.p == 0.3 for d in lora)
 
-    # DeepSeek-V3: the attention gets it too; where peft cannot apply LoRA dropout the run says so
+    # DeepSeek-V3: the attention gets it too, and the Linear (MLA) adapters keep it even where peft's parameter
+    # LoRA of the dense/shared MLPs forces the adapter config's lora_dropout to 0 (the run says so)
     v3, report = built_sft_model(tiny_v3_dir, tmp_path, 0.3)
     assert {m.attention_dropout for m in v3.modules() if hasattr(m, "attention_dropout")} == {0.3}
+    mla = [d for n, m in v3.named_modules() if n.endswith("q_a_proj") and isinstance(m.lora_dropout, torch.nn.ModuleDict)
+           for d in m.lora_dropout.values()]
+    assert mla and all(isinstance(d, torch.nn.Dropout) and d.p == 0.3 for d in mla)
     if v3.peft_config["default"].lora_dropout != 0.3:
-        assert any("lora dropout set to 0 (configured 0.3)" in note for note in report.notes), report.notes
+        assert any("lora dropout 0.3 on the Linear adapters" in note for note in report.notes), report.notes
 
 
 def test_early_stopping_stops_a_run_whose_metric_does_not_improve(tiny_llama_dir, tmp_path):

@@ -173,6 +173,8 @@ def _apply_lora(
         model.enable_input_require_grads()  # gradient checkpointing needs inputs that require grad
     peft_model = get_peft_model(model, config)
     _verify_adapted(peft_model, plan)
+    if config.lora_dropout != method.dropout:
+        _restore_linear_dropout(peft_model, method.dropout)
     use_fast_dropout(peft_model)  # same dropout, cheaper mask on CPU
     if method.frozen_dtype:
         low = use_low_precision_frozen(peft_model, getattr(torch, method.frozen_dtype))
@@ -327,10 +329,25 @@ def _final_lora_config(method: MethodSection, plan: _TargetPlan, task: AdapterTa
     notes = []
     if method.dropout > 0:
         notes.append(
-            f"lora dropout set to 0 (configured {method.dropout}): peft's ParamWrapper, used for {wrapped}, "
-            "refuses dropout"
+            f"lora dropout {method.dropout} on the Linear adapters, 0 on {wrapped}: peft's ParamWrapper refuses "
+            "dropout (adapter_config.json says 0; dropout only acts in training)"
         )
     return _lora_config(method, plan, dropout=0.0, use_dora=False, task=task), notes
+
+
+def _restore_linear_dropout(peft_model: PeftModel, p: float) -> None:
+    """Give the Linear LoRA layers the configured input dropout that one LoraConfig could not express.
+
+    peft's config has one ``lora_dropout`` for the whole adapter and its ParamWrapper refuses any, so the
+    config says 0 when parameters are wrapped; the Linear layers (MLA projections, ...) take dropout fine.
+    """
+    from peft.tuners.lora.layer import ParamWrapper
+
+    for module in peft_model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, nn.ModuleDict) and not isinstance(module, ParamWrapper):
+            for name in dropouts:
+                dropouts[name] = nn.Dropout(p)
 
 
 def _lora_config(

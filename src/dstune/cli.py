@@ -130,16 +130,16 @@ def data_inspect(
 def plan(
     model: Annotated[str, typer.Option(help="Alias, hub id or local model folder (only its config is read).")],
     method: Annotated[str | None, typer.Option(help="full | lora | qlora (default: all three).")] = None,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Target effective batch (sequences per optimizer step); "
+    seq_len: Annotated[int, typer.Option(min=1, help="Tokens per sequence.")] = 2048,
+    batch_size: Annotated[int, typer.Option(min=1, help="Target effective batch (sequences per optimizer step); "
                                                  "--device cpu: the batch size.")] = 32,
-    gpus: Annotated[int, typer.Option(help="GPUs (data-parallel ranks).")] = 1,
-    gpu_mem: Annotated[float, typer.Option(help="Memory per GPU, GiB.")] = 80.0,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    tokens: Annotated[int | None, typer.Option(help="Training tokens per epoch, for the time estimate.")] = None,
-    examples: Annotated[int | None, typer.Option(help="Or: examples per epoch (× --seq-len tokens).")] = None,
-    gpu_tflops: Annotated[float, typer.Option(help="Peak dense bf16 TFLOP/s per GPU (H100/H200: 989).")] = 989.0,
-    mfu: Annotated[float, typer.Option(help="Model-FLOPs utilisation assumed for the time estimate.")] = 0.35,
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs (data-parallel ranks).")] = 1,
+    gpu_mem: Annotated[float, typer.Option(min=0.001, help="Memory per GPU, GiB.")] = 80.0,
+    lora_r: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
+    tokens: Annotated[int | None, typer.Option(min=1, help="Training tokens per epoch, for the time estimate.")] = None,
+    examples: Annotated[int | None, typer.Option(min=1, help="Or: examples per epoch (× --seq-len tokens).")] = None,
+    gpu_tflops: Annotated[float, typer.Option(min=0.001, help="Peak dense bf16 TFLOP/s per GPU (H100/H200: 989).")] = 989.0,
+    mfu: Annotated[float, typer.Option(min=0.001, max=1.0, help="Model-FLOPs utilisation assumed for the time estimate.")] = 0.35,
     device: Annotated[str, typer.Option(help="gpu | cpu (fp32, one process: what `dstune train` uses here).")] = "gpu",
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
@@ -378,6 +378,12 @@ def compare(
         print_comparison(result, console)
 
 
+# typer >= 0.2x raises the exceptions of its vendored click, older typer plain click's: catch both
+_EXIT = tuple({click.exceptions.Exit, typer.Exit})
+_ABORT = tuple({click.exceptions.Abort, typer.Abort})
+_USAGE = tuple({click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")})
+
+
 def main() -> None:
     """Console-script entry point: user errors become one clear message and a non-zero exit code."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -388,12 +394,12 @@ def main() -> None:
             raise
         console.print(f"[bold red]error[/] {exc.render()}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _ABORT:
         console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except _USAGE as exc:  # a wrong or missing argument: click's usage message, no traceback
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

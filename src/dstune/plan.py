@@ -170,6 +170,7 @@ def load_config(name: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     from dstune.models.known_configs import known_config
+    from dstune.models.load import looks_local
     from dstune.models.registry import resolve_alias
 
     hub_id = resolve_alias(name)
@@ -179,10 +180,15 @@ def load_config(name: str, trust_remote_code: bool = False):
             raise ModelError(f"{path} has no config.json", where="--model",
                              hint="point --model at a Hugging Face model folder, a hub id or an alias")
         return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code), f"{path}/config.json"
-    try:
-        return AutoConfig.from_pretrained(hub_id, trust_remote_code=trust_remote_code), f"{hub_id} (Hugging Face)"
+    if looks_local(hub_id):
+        raise ModelError(f"model folder not found: {hub_id}", where="--model",
+                         hint="point --model at a Hugging Face model folder, a hub id or an alias")
+    shipped = known_config(hub_id)
+    try:  # the registry's models have their config shipped: no hub round trip (and its retries) for them
+        online = shipped is None
+        config = AutoConfig.from_pretrained(hub_id, trust_remote_code=trust_remote_code, local_files_only=not online)
+        return config, f"{hub_id} (Hugging Face)"
     except (OSError, ValueError) as exc:
-        shipped = known_config(hub_id)
         if shipped is not None:
             return shipped, f"{hub_id} (config facts shipped with dstune)"
         if isinstance(exc, ValueError) and "trust_remote_code" in str(exc):

@@ -200,6 +200,20 @@ def test_cli_config_errors_are_clear(tmp_path, body, expected):
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["train"], "Missing argument 'config'"),
+    (["plan", "--model", "deepseek-v3", "--gpus", "0"], "Invalid value for '--gpus'"),
+    (["plan", "--model", "deepseek-v3", "--seq-len", "many"], "Invalid value for '--seq-len'"),
+    (["serve", "runs/no-such-run"], "model path not found: runs/no-such-run"),
+])
+def test_cli_argument_errors_are_one_message_without_traceback(args, expected, tmp_path):
+    (tmp_path / "runs").mkdir()  # runs/<name> is then plainly a local path, never a hub id to retry
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expected in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 def test_cli_missing_data_file_and_malformed_line(tiny_v3_dir, chat_data, tmp_path):
     base = f"model: {{name: {tiny_v3_dir}}}\noutput_dir: {tmp_path}/run\ntracking: {{mlflow: {{enabled: false}}}}\n"
     proc = run_cli("train", str(write_yaml(tmp_path / "a.yaml", base + "data: {train: nowhere.jsonl}\n")))

@@ -50,9 +50,18 @@ def resolve_source(model: ModelSection) -> ModelSource:
                 hint="point model.name at a Hugging Face model folder (config.json + weights) or a .gguf file",
             )
         return ModelSource(str(path), is_local=True)
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-        raise ModelError(f"model path not found: {name}", where="model.name")
+    if looks_local(name):
+        raise ModelError(f"model path not found: {name}", where="model.name",
+                         hint="check the path (a run directory, a Hugging Face model folder or a .gguf file)")
     return ModelSource(name)
+
+
+def looks_local(name: str) -> bool:
+    """A name that can only mean a local path: explicit (./, /, ~), deeper than a hub id's ``org/name``, or
+    inside a folder that exists here (``runs/demo``): looking it up on the hub would only wait for retries."""
+    parts = Path(name).parts
+    return (name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1)
+            or (len(parts) > 1 and Path(parts[0]).is_dir()))
 
 
 def check_method_environment(method: MethodSection) -> None:
